@@ -1,0 +1,38 @@
+//! Subcommands. Each module owns its clap arguments and a `run` function.
+
+mod debug;
+mod metrics;
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// SafeGuard: a policy-adaptive image guardrail.
+#[derive(Debug, Parser)]
+#[command(name = "safeguard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List, show and render safety policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Compute benchmark metrics from a predictions file (JSONL or CSV).
+    Metrics(metrics::MetricsArgs),
+    /// Low-level tools for checking parity with the reference implementation.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Metrics(args) => metrics::run(args),
+        Command::Debug(cmd) => debug::run(cmd),
+    }
+}

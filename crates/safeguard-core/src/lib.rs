@@ -1,0 +1,1 @@
+//! SafeGuard core: policies, prompts, verdict parsing, rewards and metrics.
