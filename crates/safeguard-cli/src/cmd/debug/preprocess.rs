@@ -1,11 +1,90 @@
-//! `safeguard debug preprocess` (issue #3). Not implemented yet: the command exists so that the
-//! command surface is stable, and it fails with a clear message.
+//! `safeguard debug preprocess`: decode and preprocess one image exactly as the model sees it,
+//! and dump the result for comparison with the Python reference processor.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct PreprocessArgs {}
+use anyhow::Context;
+use safeguard_vision::{decode_image, preprocess, DecodeLimits, PreprocessConfig};
 
-pub fn run(_args: PreprocessArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`safeguard debug preprocess` is not implemented yet (issue #3)")
+#[derive(Debug, clap::Args)]
+pub struct PreprocessArgs {
+    /// The image file (JPEG, PNG, WebP, GIF, BMP or TIFF; the format is read from the bytes).
+    image: PathBuf,
+    /// Smallest image area after resizing, in pixels [default: 3136, or the model's].
+    #[arg(long, env = "SAFEGUARD_MIN_PIXELS")]
+    min_pixels: Option<usize>,
+    /// Largest image area after resizing, in pixels [default: 1003520, or the model's].
+    #[arg(long, env = "SAFEGUARD_MAX_PIXELS")]
+    max_pixels: Option<usize>,
+    /// A model directory whose `preprocessor_config.json` supplies the defaults.
+    #[arg(long, env = "SAFEGUARD_MODEL")]
+    model: Option<PathBuf>,
+    /// Output directory; receives `pixel_values.npy` (f32, [patches, 1176]) and
+    /// `grid_thw.json` (`[t, h, w]`). Created if missing.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Validated options: the configuration is resolved before any work starts.
+struct PreprocessOptions {
+    image: PathBuf,
+    config: PreprocessConfig,
+    out: PathBuf,
+}
+
+impl PreprocessArgs {
+    fn validate(self) -> anyhow::Result<PreprocessOptions> {
+        let mut config = match &self.model {
+            Some(dir) => PreprocessConfig::from_model_dir(dir)
+                .with_context(|| format!("reading the preprocessor config of {}", dir.display()))?,
+            None => PreprocessConfig::default(),
+        };
+        if let Some(min) = self.min_pixels {
+            config.min_pixels = min;
+        }
+        if let Some(max) = self.max_pixels {
+            config.max_pixels = max;
+        }
+        config
+            .validate()
+            .context("check --min-pixels and --max-pixels")?;
+        Ok(PreprocessOptions {
+            image: self.image,
+            config,
+            out: self.out,
+        })
+    }
+}
+
+pub fn run(args: PreprocessArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.validate()?;
+    let bytes = std::fs::read(&opts.image)
+        .with_context(|| format!("cannot read {}", opts.image.display()))?;
+    let image = decode_image(&bytes, &DecodeLimits::default())
+        .with_context(|| format!("cannot decode {}", opts.image.display()))?;
+    let out = preprocess(&image, &opts.config)
+        .with_context(|| format!("cannot preprocess {}", opts.image.display()))?;
+
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let npy_path = opts.out.join("pixel_values.npy");
+    let file = std::fs::File::create(&npy_path)
+        .with_context(|| format!("cannot create {}", npy_path.display()))?;
+    let shape = [out.num_patches(), opts.config.patch_dim()];
+    safeguard_vision::npy::write_f32(file, &shape, &out.pixel_values)
+        .with_context(|| format!("cannot write {}", npy_path.display()))?;
+    let grid_path = opts.out.join("grid_thw.json");
+    std::fs::write(&grid_path, serde_json::to_string(&out.grid_thw)? + "\n")
+        .with_context(|| format!("cannot write {}", grid_path.display()))?;
+    eprintln!(
+        "{}: {}x{} -> grid_thw {:?}, {} patches, {} image tokens",
+        opts.image.display(),
+        image.width(),
+        image.height(),
+        out.grid_thw,
+        out.num_patches(),
+        out.num_image_tokens(opts.config.merge_size)
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,128 @@
+//! Integer size arithmetic (`smart_resize`) and the PIL-compatible bicubic resampler.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+use crate::VisionError;
+
+/// Largest `max(h, w) / min(h, w)` that the reference accepts.
+pub const MAX_ASPECT_RATIO: f64 = 200.0;
+
+/// The target size of Qwen2-VL's processor, as `(height, width)` in pixels.
+///
+/// A port of `transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`, with the same
+/// floating-point steps so that every size comes out identical:
+///
+/// 1. refuse an aspect ratio above 200 ([`VisionError::AspectRatioTooLarge`], the reference's
+///    `ValueError`);
+/// 2. round each side to the nearest multiple of `factor` (ties to even, as Python's `round`);
+/// 3. if that is more than `max_pixels`, scale both sides down by `sqrt(h*w / max_pixels)` and
+///    floor to multiples of `factor` (never below `factor`);
+/// 4. if it is less than `min_pixels`, scale up by `sqrt(min_pixels / (h*w))` and ceil.
+///
+/// Both returned sides are multiples of `factor`. The product is within
+/// `[min_pixels, max_pixels]` except where the reference itself leaves it: when a side is
+/// clamped up to `factor` in step 3 (very elongated images with a small `max_pixels`) or when
+/// the ceiling in step 4 overshoots a `max_pixels` that is close to `min_pixels`.
+///
+/// Errors: [`VisionError::ZeroSize`] for an empty side, [`VisionError::InvalidConfig`] when
+/// `factor` is 0 or the result would have an empty side (only possible with `min_pixels == 0`).
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize), VisionError> {
+    if height == 0 || width == 0 {
+        return Err(VisionError::ZeroSize {
+            width: u32::try_from(width).unwrap_or(u32::MAX),
+            height: u32::try_from(height).unwrap_or(u32::MAX),
+        });
+    }
+    if factor == 0 {
+        return Err(VisionError::InvalidConfig("resize factor is 0".into()));
+    }
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
+        return Err(VisionError::AspectRatioTooLarge { height, width });
+    }
+    let mut h_bar = (h / f).round_ties_even() as usize * factor;
+    let mut w_bar = (w / f).round_ties_even() as usize * factor;
+    let area = (height as f64) * (width as f64);
+    if h_bar.saturating_mul(w_bar) > max_pixels {
+        let beta = (area / max_pixels as f64).sqrt();
+        h_bar = factor.max((h / beta / f).floor() as usize * factor);
+        w_bar = factor.max((w / beta / f).floor() as usize * factor);
+    } else if h_bar * w_bar < min_pixels {
+        let beta = (min_pixels as f64 / area).sqrt();
+        h_bar = (h * beta / f).ceil() as usize * factor;
+        w_bar = (w * beta / f).ceil() as usize * factor;
+    }
+    if h_bar == 0 || w_bar == 0 {
+        return Err(VisionError::InvalidConfig(format!(
+            "a {height}x{width} image resizes to an empty {h_bar}x{w_bar} \
+             (min_pixels is {min_pixels}; use at least factor^2 = {})",
+            factor * factor
+        )));
+    }
+    Ok((h_bar, w_bar))
+}
+
+/// Resizes an RGB image with PIL's `Image.resize(size, Image.BICUBIC)` semantics.
+///
+/// PIL's bicubic is a Catmull-Rom cubic (`a = -0.5`) whose support widens with the downscale
+/// factor (it antialiases), evaluated in fixed point with a horizontal pass first and an 8-bit
+/// rounded intermediate. `fast_image_resize`'s `CatmullRom` convolution uses the same kernel and
+/// support; we run it as two one-dimensional passes in PIL's order (horizontal, then vertical).
+/// The remaining difference is the precision of the fixed-point coefficients (15 bits here, 22 in
+/// PIL), which can move a rare pixel by one 8-bit level; the parity tests bound it.
+///
+/// Returns a copy when the size does not change (as PIL does).
+pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, VisionError> {
+    let (src_w, src_h) = image.dimensions();
+    if width == 0 || height == 0 {
+        return Err(VisionError::ZeroSize { width, height });
+    }
+    if (src_w, src_h) == (width, height) {
+        return Ok(image.clone());
+    }
+    let mut resizer = Resizer::new();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let horizontal = if width != src_w {
+        let pass = resize_pass(
+            &mut resizer,
+            &options,
+            image.as_raw(),
+            (src_w, src_h),
+            (width, src_h),
+        );
+        Some(pass?)
+    } else {
+        None
+    };
+    let out = if height != src_h {
+        let src = horizontal.as_deref().unwrap_or(image.as_raw());
+        resize_pass(&mut resizer, &options, src, (width, src_h), (width, height))?
+    } else {
+        horizontal.expect("the width changed when the height did not")
+    };
+    Ok(RgbImage::from_raw(width, height, out).expect("resizer output is width * height * 3"))
+}
+
+fn resize_pass(
+    resizer: &mut Resizer,
+    options: &ResizeOptions,
+    src: &[u8],
+    (src_w, src_h): (u32, u32),
+    (dst_w, dst_h): (u32, u32),
+) -> Result<Vec<u8>, VisionError> {
+    let src = ImageRef::new(src_w, src_h, src, PixelType::U8x3)
+        .map_err(|e| VisionError::InvalidConfig(format!("resize source buffer: {e}")))?;
+    let mut dst = Image::new(dst_w, dst_h, PixelType::U8x3);
+    resizer
+        .resize(&src, &mut dst, options)
+        .map_err(VisionError::Resize)?;
+    Ok(dst.into_vec())
+}
