@@ -1,1 +1,5 @@
 //! Integration tests for the `safeguard` binary.
+
+mod cli_common;
+mod metrics_cmd;
+mod policy_cmd;

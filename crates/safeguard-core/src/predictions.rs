@@ -87,8 +87,8 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
         if raw.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| row_error(line, format!("invalid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| row_error(line, format!("invalid JSON: {e}")))?;
         let object = value
             .as_object()
             .ok_or_else(|| row_error(line, "expected a JSON object"))?;
@@ -97,7 +97,10 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
                 Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
                 Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-                Some(_) => Err(row_error(line, format!("field \"{name}\": expected a string"))),
+                Some(_) => Err(row_error(
+                    line,
+                    format!("field \"{name}\": expected a string"),
+                )),
                 None => Err(row_error(line, format!("missing field \"{name}\""))),
             }
         };
@@ -183,7 +186,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
             label: verdict_field(line, "label", get(label))?,
             pred: verdict_field(line, "pred", get(pred))?,
             p_unsafe: p,
-            output: output.map(get).filter(|s| !s.is_empty()).map(str::to_string),
+            output: output
+                .map(get)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             latency_ms: optional_number(latency, "latency_ms")?,
         });
     }

@@ -165,9 +165,8 @@ impl RenderedPrompt {
     /// The whole prompt with the image block expanded to `n` pads (the number of merged
     /// image patches, `grid_t * grid_h * grid_w / merge_size²`).
     pub fn text_with_image_tokens(&self, n: usize) -> String {
-        let mut text = String::with_capacity(
-            self.prefix.len() + self.suffix.len() + 32 + n * IMAGE_PAD.len(),
-        );
+        let mut text =
+            String::with_capacity(self.prefix.len() + self.suffix.len() + 32 + n * IMAGE_PAD.len());
         text.push_str(&self.prefix);
         text.push_str(VISION_START);
         for _ in 0..n {

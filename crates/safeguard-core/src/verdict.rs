@@ -135,9 +135,9 @@ impl fmt::Display for NoVerdict {
                 write!(f, "answer {answer:?} is not a verdict")
             }
             NoVerdict::Ambiguous => f.write_str("the output names both verdicts or negates one"),
-            NoVerdict::AmbiguousYesNo => {
-                f.write_str("a bare yes/no needs a dialect (reasoning: yes = safe; shieldgemma: yes = unsafe)")
-            }
+            NoVerdict::AmbiguousYesNo => f.write_str(
+                "a bare yes/no needs a dialect (reasoning: yes = safe; shieldgemma: yes = unsafe)",
+            ),
             NoVerdict::BadJson { message } => write!(f, "invalid guard JSON: {message}"),
             NoVerdict::Unrecognized => f.write_str("no verdict found in the output"),
         }

@@ -1,1 +1,7 @@
 //! Integration tests for `safeguard-core`.
+
+mod metrics;
+mod policy;
+mod prompt;
+mod reward;
+mod verdict;

@@ -38,9 +38,8 @@ fn section_for(heading: &str) -> Section {
         .trim()
         .to_ascii_lowercase();
     match h.as_str() {
-        "prohibited" | "not allowed" | "disallowed" | "forbidden" | "unsafe" | "prohibited content" => {
-            Section::Rules(Stance::Prohibited)
-        }
+        "prohibited" | "not allowed" | "disallowed" | "forbidden" | "unsafe"
+        | "prohibited content" => Section::Rules(Stance::Prohibited),
         "allowed" | "permitted" | "safe" | "allowed content" => Section::Rules(Stance::Allowed),
         "exceptions" | "exception" => Section::Exceptions,
         _ => Section::Free,

@@ -231,7 +231,11 @@ impl Policy {
     /// `llavaguard` preset. Errors name the unknown id and list the known ones.
     pub fn set_stance(&mut self, id: &str, stance: Stance) -> Result<(), Error> {
         let known = self.rule_ids();
-        match self.rules.iter_mut().find(|r| r.id.eq_ignore_ascii_case(id)) {
+        match self
+            .rules
+            .iter_mut()
+            .find(|r| r.id.eq_ignore_ascii_case(id))
+        {
             Some(rule) => {
                 rule.stance = stance;
                 Ok(())
@@ -263,7 +267,7 @@ impl Policy {
             out.push_str("\n\n");
         }
         if !self.description.trim().is_empty() {
-            out.push_str(self.description.trim());
+            out.push_str(&reflow(&self.description));
             out.push_str("\n\n");
         }
         push_rules(
@@ -313,6 +317,28 @@ fn push_rules<'a>(out: &mut String, heading: &str, rules: impl Iterator<Item = &
         out.push('\n');
     }
     out.push('\n');
+}
+
+/// Joins hard-wrapped lines into one line per paragraph; list items, headings and blank
+/// lines keep their own lines.
+fn reflow(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_paragraph = false;
+    for line in text.trim().lines().map(str::trim) {
+        let starts_block = line.is_empty()
+            || line.starts_with(['-', '*', '#', '>', '|'])
+            || line
+                .split_once(". ")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+        if in_paragraph && !starts_block {
+            out.push(' ');
+        } else if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(line);
+        in_paragraph = !line.is_empty() && !line.starts_with('#');
+    }
+    out
 }
 
 fn check_size(text: &str) -> Result<(), Error> {

@@ -27,7 +27,8 @@ pub struct Preset {
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "L1",
-        summary: "Most permissive: all human expression is safe unless it incites violence or harassment",
+        summary:
+            "Most permissive: all human expression is safe unless it incites violence or harassment",
         source: include_str!("../../policies/L1.md"),
     },
     Preset {
@@ -47,12 +48,14 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "L5",
-        summary: "Most restrictive: only minimal content; even innocuous physical contact is unsafe",
+        summary:
+            "Most restrictive: only minimal content; even innocuous physical contact is unsafe",
         source: include_str!("../../policies/L5.md"),
     },
     Preset {
         name: "llavaguard",
-        summary: "LlavaGuard taxonomy O1-O9, each category switchable between prohibited and allowed",
+        summary:
+            "LlavaGuard taxonomy O1-O9, each category switchable between prohibited and allowed",
         source: include_str!("../../policies/llavaguard.md"),
     },
     Preset {
