@@ -1,0 +1,203 @@
+//! Loading a Qwen2.5-VL checkpoint directory (Hugging Face layout) into a
+//! [`Qwen2_5VlModel`]: `config.json`, memory-mapped safetensors (one file or shards listed in
+//! `model.safetensors.index.json`), the dtype chosen at load time, and an optional PEFT LoRA
+//! adapter merged into the weights.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use safeguard_model::lora::{LoraAdapter, LoraConfig, MergedLoraBackend};
+use safeguard_model::qwen2_5_vl::{Config, ModelConfig, Qwen2_5VlModel, WeightLayout};
+
+use crate::EngineError;
+
+/// Name of the single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Name of the shard index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The safetensors files of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightFiles {
+    /// `model.safetensors`.
+    Single(PathBuf),
+    /// `model.safetensors.index.json` and the distinct shards it names, sorted.
+    Sharded {
+        /// The index file.
+        index: PathBuf,
+        /// The shard files.
+        shards: Vec<PathBuf>,
+        /// Tensor name → shard file name, as listed in the index.
+        weight_map: HashMap<String, String>,
+    },
+}
+
+impl WeightFiles {
+    /// Every file to map.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Single(p) => vec![p.clone()],
+            Self::Sharded { shards, .. } => shards.clone(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    weight_map: HashMap<String, String>,
+}
+
+/// Finds the weights of `dir`: the shard index if present (every shard must exist), else
+/// `model.safetensors`.
+pub fn find_weights(dir: &Path) -> Result<WeightFiles, EngineError> {
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let text = read_to_string(&index)?;
+        let parsed: Index = serde_json::from_str(&text).map_err(|source| EngineError::Json { path: index.clone(), source })?;
+        let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+        if names.is_empty() {
+            return Err(EngineError::Index { path: index, reason: "weight_map is empty".into() });
+        }
+        let mut shards = Vec::new();
+        for name in names {
+            let shard = dir.join(name);
+            if !shard.is_file() {
+                return Err(EngineError::MissingFile {
+                    path: shard,
+                    hint: format!("shard listed in {}; download every shard of the checkpoint", index.display()),
+                });
+            }
+            shards.push(shard);
+        }
+        return Ok(WeightFiles::Sharded { index, shards, weight_map: parsed.weight_map });
+    }
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return Ok(WeightFiles::Single(single));
+    }
+    Err(EngineError::MissingFile {
+        path: single,
+        hint: format!(
+            "{} holds neither {SINGLE_FILE} nor {INDEX_FILE} with its shards (Hugging Face layout)",
+            dir.display()
+        ),
+    })
+}
+
+/// Parses a dtype name: `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
+pub fn parse_dtype(name: &str) -> Result<DType, EngineError> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(EngineError::Input { reason: format!("unknown dtype `{other}`: use f32, bf16 or f16") }),
+    }
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn load_config(dir: &Path) -> Result<Config, EngineError> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(EngineError::MissingFile {
+            path,
+            hint: "a Qwen2.5-VL model directory needs config.json (Hugging Face layout)".into(),
+        });
+    }
+    let text = read_to_string(&path)?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| EngineError::Json { path: path.clone(), source })?;
+    let parsed: ModelConfig = serde_json::from_value(value).map_err(|source| EngineError::Json { path: path.clone(), source })?;
+    match parsed {
+        ModelConfig::Qwen2_5Vl(cfg) => Ok(cfg),
+        other => Err(EngineError::Input { reason: format!("{}: unsupported model {other:?}", path.display()) }),
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Weight and activation dtype (f32, bf16 or f16); checkpoint tensors are converted.
+    pub dtype: DType,
+    /// Where to run.
+    pub device: Device,
+    /// A PEFT adapter directory to merge into the weights.
+    pub lora: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu, lora: None }
+    }
+}
+
+/// A model loaded from a directory.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The model.
+    pub model: Qwen2_5VlModel,
+    /// Its configuration.
+    pub config: Config,
+    /// The tensor naming found in the checkpoint.
+    pub layout: WeightLayout,
+    /// The directory it came from.
+    pub dir: PathBuf,
+}
+
+/// Loads `dir` (config, memory-mapped weights, optional merged LoRA).
+///
+/// A missing or mis-shaped tensor fails with an error naming it.
+pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineError> {
+    let config = load_config(dir)?;
+    let files = find_weights(dir)?;
+    // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
+    // being modified while the model is alive.
+    let st = unsafe { MmapedSafetensors::multi(&files.paths())? };
+    if let WeightFiles::Sharded { index, weight_map, .. } = &files {
+        let mut names: Vec<&String> = weight_map.keys().collect();
+        names.sort_unstable();
+        if let Some(missing) = names.into_iter().find(|n| st.get(n).is_err()) {
+            return Err(EngineError::Index {
+                path: index.clone(),
+                reason: format!("lists tensor `{missing}` in `{}`, which does not hold it", weight_map[missing]),
+            });
+        }
+    }
+    let layout = WeightLayout::detect(|n| st.get(n).is_ok()).ok_or_else(|| EngineError::Index {
+        path: files.paths()[0].clone(),
+        reason: "no token embedding (`model.embed_tokens.weight` or `model.language_model.embed_tokens.weight`): not a Qwen2.5-VL checkpoint".into(),
+    })?;
+    tracing::info!(dir = %dir.display(), ?layout, config_layout = ?config.layout, dtype = ?opts.dtype, "loading Qwen2.5-VL");
+    let mut backend: Box<dyn SimpleBackend> = Box::new(st);
+    if let Some(adapter_dir) = &opts.lora {
+        let adapter = load_lora(adapter_dir, layout)?;
+        backend = Box::new(MergedLoraBackend::new(backend, adapter)?);
+    }
+    let vb = VarBuilder::from_backend(backend, opts.dtype, opts.device.clone());
+    let model = Qwen2_5VlModel::new(&config, layout, vb)?;
+    Ok(LoadedModel { model, config, layout, dir: dir.to_path_buf() })
+}
+
+/// Reads a PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) and
+/// names its tensors as in a checkpoint of `layout`.
+pub fn load_lora(dir: &Path, layout: WeightLayout) -> Result<LoraAdapter, EngineError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let weights = dir.join("adapter_model.safetensors");
+    for path in [&cfg_path, &weights] {
+        if !path.is_file() {
+            return Err(EngineError::MissingFile {
+                path: path.clone(),
+                hint: "a PEFT LoRA adapter directory needs adapter_config.json and adapter_model.safetensors".into(),
+            });
+        }
+    }
+    let cfg = LoraConfig::from_json_str(&read_to_string(&cfg_path)?)?;
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+    Ok(LoraAdapter::new(&cfg, tensors, layout)?)
+}
+
+pub(crate) fn read_to_string(path: &Path) -> Result<String, EngineError> {
+    std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })
+}

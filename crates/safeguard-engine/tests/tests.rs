@@ -1,0 +1,5 @@
+//! Integration tests of `safeguard-engine` (one test binary, see STYLE.md).
+
+mod common;
+mod loading;
+mod parity;
