@@ -49,7 +49,7 @@ fn paper_reward_table() {
         ("<answer>yes</answer>".to_string(), Unsafe, 0.5),
         // no valid answer, think block: 0.5
         (format!("{long}<answer>maybe</answer>"), Safe, 1.0 + 0.5),
-        (format!("{long}"), Unsafe, 0.5),
+        (long.clone(), Unsafe, 0.5),
         // no valid answer, no think block: 0
         ("unsafe".to_string(), Unsafe, 0.0),
         (String::new(), Safe, 0.0),
