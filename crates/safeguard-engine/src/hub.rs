@@ -16,7 +16,12 @@ use crate::EngineError;
 
 /// Files fetched besides the weights; only `config.json` is required.
 const REQUIRED: &[&str] = &["config.json"];
-const OPTIONAL: &[&str] = &["tokenizer.json", "preprocessor_config.json", "generation_config.json", "tokenizer_config.json"];
+const OPTIONAL: &[&str] = &[
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+];
 
 /// Where [`resolve_model`] may look.
 #[derive(Debug, Clone)]
@@ -29,8 +34,12 @@ pub struct HubOptions {
 
 impl Default for HubOptions {
     fn default() -> Self {
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-        Self { offline, cache_dir: None }
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        Self {
+            offline,
+            cache_dir: None,
+        }
     }
 }
 
@@ -39,7 +48,9 @@ impl Default for HubOptions {
 pub fn looks_like_repo_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
-        && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && *p != "." && *p != "..")
         && !spec.starts_with('.')
         && !spec.contains('\\')
 }
@@ -57,15 +68,25 @@ pub fn resolve_model(spec: &str, opts: &HubOptions) -> Result<PathBuf, EngineErr
             hint: "--model takes a model directory (config.json, *.safetensors, tokenizer.json) or a Hugging Face id such as Qwen/Qwen2.5-VL-7B-Instruct".into(),
         });
     }
-    let cache = opts.cache_dir.clone().map(Cache::new).unwrap_or_else(Cache::from_env);
+    let cache = opts
+        .cache_dir
+        .clone()
+        .map(Cache::new)
+        .unwrap_or_else(Cache::from_env);
     if let Some(dir) = cached_snapshot(&cache, spec) {
         return Ok(dir);
     }
     let hint = offline_hint(&cache, spec);
     if opts.offline {
-        return Err(EngineError::Hub { model_id: spec.to_string(), reason: format!("offline and not in the cache. {hint}") });
+        return Err(EngineError::Hub {
+            model_id: spec.to_string(),
+            reason: format!("offline and not in the cache. {hint}"),
+        });
     }
-    download(&cache, spec).map_err(|reason| EngineError::Hub { model_id: spec.to_string(), reason: format!("{reason}. {hint}") })
+    download(&cache, spec).map_err(|reason| EngineError::Hub {
+        model_id: spec.to_string(),
+        reason: format!("{reason}. {hint}"),
+    })
 }
 
 /// The snapshot directory if the cache holds config.json and every weight file.
@@ -90,11 +111,16 @@ fn offline_hint(cache: &Cache, id: &str) -> String {
 }
 
 fn download(cache: &Cache, id: &str) -> Result<PathBuf, String> {
-    let api = ApiBuilder::from_cache(cache.clone()).build().map_err(|e| format!("cannot start the hub client: {e}"))?;
+    let api = ApiBuilder::from_cache(cache.clone())
+        .build()
+        .map_err(|e| format!("cannot start the hub client: {e}"))?;
     let repo = api.model(id.to_string());
     let mut config = None;
     for name in REQUIRED {
-        config = Some(repo.get(name).map_err(|e| format!("cannot download {name}: {e}"))?);
+        config = Some(
+            repo.get(name)
+                .map_err(|e| format!("cannot download {name}: {e}"))?,
+        );
     }
     for name in OPTIONAL {
         // Optional files: absence is fine, the loader reports what it needs.
@@ -102,24 +128,35 @@ fn download(cache: &Cache, id: &str) -> Result<PathBuf, String> {
     }
     match repo.get(INDEX_FILE) {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|e| format!("cannot read {}: {e}", index.display()))?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{INDEX_FILE}: {e}"))?;
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| format!("cannot read {}: {e}", index.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{INDEX_FILE}: {e}"))?;
             let mut shards: Vec<String> = value["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
             for shard in shards {
-                repo.get(&shard).map_err(|e| format!("cannot download {shard}: {e}"))?;
+                repo.get(&shard)
+                    .map_err(|e| format!("cannot download {shard}: {e}"))?;
             }
         }
         Err(_) => {
-            repo.get(SINGLE_FILE).map_err(|e| format!("cannot download {SINGLE_FILE} or {INDEX_FILE}: {e}"))?;
+            repo.get(SINGLE_FILE)
+                .map_err(|e| format!("cannot download {SINGLE_FILE} or {INDEX_FILE}: {e}"))?;
         }
     }
     let config = config.ok_or("no config.json")?;
-    config.parent().map(Path::to_path_buf).ok_or_else(|| "bad cache path".to_string())
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "bad cache path".to_string())
 }
 
 #[cfg(test)]

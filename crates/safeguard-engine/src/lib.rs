@@ -21,6 +21,9 @@ pub mod weights;
 
 mod error;
 
+/// Re-exported so that callers (the CLI, tests) use the same tensor types without their own
+/// candle dependency.
+pub use candle_core;
 pub use error::EngineError;
 pub use weights::{load_model, LoadOptions, LoadedModel};
 

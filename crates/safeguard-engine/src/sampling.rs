@@ -32,7 +32,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, stop_tokens: Vec::new(), seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 64,
+            stop_tokens: Vec::new(),
+            seed: 0,
+        }
     }
 }
 
@@ -40,10 +47,14 @@ impl SamplingParams {
     /// Checks the ranges (temperature ≥ 0, 0 < top_p ≤ 1).
     pub fn validate(&self) -> Result<(), EngineError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(EngineError::Input { reason: format!("temperature {} must be ≥ 0", self.temperature) });
+            return Err(EngineError::Input {
+                reason: format!("temperature {} must be ≥ 0", self.temperature),
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(EngineError::Input { reason: format!("top_p {} must be in (0, 1]", self.top_p) });
+            return Err(EngineError::Input {
+                reason: format!("top_p {} must be in (0, 1]", self.top_p),
+            });
         }
         Ok(())
     }
@@ -84,14 +95,22 @@ impl Sampler {
     /// Chooses the next token from `logits` (`[vocab]`).
     pub fn sample(&mut self, logits: &[f32]) -> Result<Sampled, EngineError> {
         if logits.is_empty() {
-            return Err(EngineError::Input { reason: "empty logits".into() });
+            return Err(EngineError::Input {
+                reason: "empty logits".into(),
+            });
         }
         if self.params.temperature == 0.0 {
             let token = argmax(logits);
             let logprob = log_softmax(logits)[token] as f32;
-            return Ok(Sampled { token: token as u32, logprob });
+            return Ok(Sampled {
+                token: token as u32,
+                logprob,
+            });
         }
-        let scaled: Vec<f32> = logits.iter().map(|&l| (l as f64 / self.params.temperature) as f32).collect();
+        let scaled: Vec<f32> = logits
+            .iter()
+            .map(|&l| (l as f64 / self.params.temperature) as f32)
+            .collect();
         let logprobs = log_softmax(&scaled);
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]));
@@ -120,7 +139,10 @@ impl Sampler {
                 break;
             }
         }
-        Ok(Sampled { token: token as u32, logprob: logprobs[token] as f32 })
+        Ok(Sampled {
+            token: token as u32,
+            logprob: logprobs[token] as f32,
+        })
     }
 }
 
@@ -155,11 +177,19 @@ pub struct Generation {
 }
 
 /// Generates from `prompt` with a fresh KV cache (prefill, then one token per step).
-pub fn generate(model: &Qwen2_5VlModel, prompt: &Prompt<'_>, params: &SamplingParams) -> Result<Generation, EngineError> {
+pub fn generate(
+    model: &Qwen2_5VlModel,
+    prompt: &Prompt<'_>,
+    params: &SamplingParams,
+) -> Result<Generation, EngineError> {
     let mut sampler = Sampler::new(params.clone())?;
     let mut cache = KvCache::new();
     let mut ids = prompt.input_ids.to_vec();
-    let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stop: StopReason::MaxTokens };
+    let mut out = Generation {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        stop: StopReason::MaxTokens,
+    };
     if params.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -176,7 +206,10 @@ pub fn generate(model: &Qwen2_5VlModel, prompt: &Prompt<'_>, params: &SamplingPa
             break;
         }
         ids.push(chosen.token);
-        let step = Prompt { input_ids: &ids, ..*prompt };
+        let step = Prompt {
+            input_ids: &ids,
+            ..*prompt
+        };
         logits = model.forward(&step, &mut cache, Logits::Last)?;
     }
     Ok(out)
@@ -188,11 +221,19 @@ pub fn p_unsafe(logits: &Tensor, unsafe_token: u32, safe_token: u32) -> Result<f
     let vocab = logits.dim(0)?;
     for t in [unsafe_token, safe_token] {
         if t as usize >= vocab {
-            return Err(EngineError::Input { reason: format!("answer token {t} is outside the vocabulary ({vocab})") });
+            return Err(EngineError::Input {
+                reason: format!("answer token {t} is outside the vocabulary ({vocab})"),
+            });
         }
     }
-    let u = logits.get(unsafe_token as usize)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let s = logits.get(safe_token as usize)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let u = logits
+        .get(unsafe_token as usize)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    let s = logits
+        .get(safe_token as usize)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
     Ok(1.0 / (1.0 + (s - u).exp()))
 }
 
@@ -201,7 +242,14 @@ mod tests {
     use super::*;
 
     fn sampler(temperature: f64, top_k: usize, top_p: f64, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams { temperature, top_k, top_p, seed, ..Default::default() }).unwrap()
+        Sampler::new(SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -234,7 +282,9 @@ mod tests {
         let logits = [0.0f32, (3f32).ln()]; // p = [0.25, 0.75]
         let draw = |seed| {
             let mut s = sampler(1.0, 0, 1.0, seed);
-            (0..4000).map(|_| s.sample(&logits).unwrap().token).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| s.sample(&logits).unwrap().token)
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(11), draw(11));
         let ones = draw(11).iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
@@ -243,8 +293,16 @@ mod tests {
 
     #[test]
     fn invalid_params_are_rejected() {
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]

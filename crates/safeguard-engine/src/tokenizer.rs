@@ -74,7 +74,10 @@ pub struct Message {
 impl Message {
     /// A message made of one text part.
     pub fn text(role: Role, text: impl Into<String>) -> Self {
-        Self { role, parts: vec![Part::Text(text.into())] }
+        Self {
+            role,
+            parts: vec![Part::Text(text.into())],
+        }
     }
 }
 
@@ -142,17 +145,26 @@ impl QwenTokenizer {
                 hint: "put the checkpoint's tokenizer.json next to config.json (or run scripts/fetch-tokenizer for the Qwen2.5 tokenizer)".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|source| EngineError::Tokenizer { path: path.to_path_buf(), source })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|source| EngineError::Tokenizer {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::from_tokenizer(inner, path.to_path_buf())
     }
 
     /// Wraps an already built tokenizer (`path` is only used in messages).
-    pub fn from_tokenizer(inner: tokenizers::Tokenizer, path: PathBuf) -> Result<Self, EngineError> {
+    pub fn from_tokenizer(
+        inner: tokenizers::Tokenizer,
+        path: PathBuf,
+    ) -> Result<Self, EngineError> {
         let id = |token: &str| {
-            inner.token_to_id(token).ok_or_else(|| EngineError::Tokenizer {
-                path: path.clone(),
-                source: format!("special token {token} is not in the vocabulary").into(),
-            })
+            inner
+                .token_to_id(token)
+                .ok_or_else(|| EngineError::Tokenizer {
+                    path: path.clone(),
+                    source: format!("special token {token} is not in the vocabulary").into(),
+                })
         };
         let special = SpecialTokens {
             endoftext: id(ENDOFTEXT)?,
@@ -162,7 +174,11 @@ impl QwenTokenizer {
             vision_end: id(VISION_END)?,
             image_pad: id(IMAGE_PAD)?,
         };
-        Ok(Self { inner, special, path })
+        Ok(Self {
+            inner,
+            special,
+            path,
+        })
     }
 
     /// The special token ids.
@@ -177,18 +193,27 @@ impl QwenTokenizer {
 
     /// Tokenizes `text` (special tokens in it are recognised; nothing is added around it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let encoding = self.inner.encode(text, false).map_err(|source| self.error(source))?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|source| self.error(source))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Renders and tokenizes a chat (see [`render_chat`]).
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, EngineError> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
         self.encode(&render_chat(messages, add_generation_prompt))
     }
 
     /// Turns ids back into text, optionally without special tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|source| self.error(source))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|source| self.error(source))
     }
 
     /// The id of one token string, if it is a single token.
@@ -197,21 +222,31 @@ impl QwenTokenizer {
     }
 
     fn error(&self, source: tokenizers::Error) -> EngineError {
-        EngineError::Tokenizer { path: self.path.clone(), source }
+        EngineError::Tokenizer {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
 /// Expands a comma list of token ids where `<image>` stands for the k-th image's block
 /// (`vision_start`, `image_pad × tokens[k]`, `vision_end`). Fails on a bad id, or when the
 /// number of `<image>` words differs from `tokens.len()`.
-pub fn expand_id_list(list: &str, tokens: &[usize], special: (u32, u32, u32)) -> Result<Vec<u32>, EngineError> {
+pub fn expand_id_list(
+    list: &str,
+    tokens: &[usize],
+    special: (u32, u32, u32),
+) -> Result<Vec<u32>, EngineError> {
     let (start, pad, end) = special;
     let mut ids = Vec::new();
     let mut images = 0;
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if item == "<image>" {
             let n = *tokens.get(images).ok_or_else(|| EngineError::Input {
-                reason: format!("--input-ids has more <image> words than the {} --image given", tokens.len()),
+                reason: format!(
+                    "--input-ids has more <image> words than the {} --image given",
+                    tokens.len()
+                ),
             })?;
             ids.push(start);
             ids.extend(std::iter::repeat_n(pad, n));
@@ -226,11 +261,16 @@ pub fn expand_id_list(list: &str, tokens: &[usize], special: (u32, u32, u32)) ->
     }
     if images != tokens.len() {
         return Err(EngineError::Input {
-            reason: format!("--input-ids has {images} <image> words but {} images were given", tokens.len()),
+            reason: format!(
+                "--input-ids has {images} <image> words but {} images were given",
+                tokens.len()
+            ),
         });
     }
     if ids.is_empty() {
-        return Err(EngineError::Input { reason: "--input-ids is empty".into() });
+        return Err(EngineError::Input {
+            reason: "--input-ids is empty".into(),
+        });
     }
     Ok(ids)
 }

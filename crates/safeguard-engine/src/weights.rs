@@ -57,10 +57,16 @@ pub fn find_weights(dir: &Path) -> Result<WeightFiles, EngineError> {
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
         let text = read_to_string(&index)?;
-        let parsed: Index = serde_json::from_str(&text).map_err(|source| EngineError::Json { path: index.clone(), source })?;
+        let parsed: Index = serde_json::from_str(&text).map_err(|source| EngineError::Json {
+            path: index.clone(),
+            source,
+        })?;
         let names: BTreeSet<&String> = parsed.weight_map.values().collect();
         if names.is_empty() {
-            return Err(EngineError::Index { path: index, reason: "weight_map is empty".into() });
+            return Err(EngineError::Index {
+                path: index,
+                reason: "weight_map is empty".into(),
+            });
         }
         let mut shards = Vec::new();
         for name in names {
@@ -68,12 +74,19 @@ pub fn find_weights(dir: &Path) -> Result<WeightFiles, EngineError> {
             if !shard.is_file() {
                 return Err(EngineError::MissingFile {
                     path: shard,
-                    hint: format!("shard listed in {}; download every shard of the checkpoint", index.display()),
+                    hint: format!(
+                        "shard listed in {}; download every shard of the checkpoint",
+                        index.display()
+                    ),
                 });
             }
             shards.push(shard);
         }
-        return Ok(WeightFiles::Sharded { index, shards, weight_map: parsed.weight_map });
+        return Ok(WeightFiles::Sharded {
+            index,
+            shards,
+            weight_map: parsed.weight_map,
+        });
     }
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
@@ -94,7 +107,9 @@ pub fn parse_dtype(name: &str) -> Result<DType, EngineError> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        other => Err(EngineError::Input { reason: format!("unknown dtype `{other}`: use f32, bf16 or f16") }),
+        other => Err(EngineError::Input {
+            reason: format!("unknown dtype `{other}`: use f32, bf16 or f16"),
+        }),
     }
 }
 
@@ -108,11 +123,21 @@ pub fn load_config(dir: &Path) -> Result<Config, EngineError> {
         });
     }
     let text = read_to_string(&path)?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| EngineError::Json { path: path.clone(), source })?;
-    let parsed: ModelConfig = serde_json::from_value(value).map_err(|source| EngineError::Json { path: path.clone(), source })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| EngineError::Json {
+            path: path.clone(),
+            source,
+        })?;
+    let parsed: ModelConfig =
+        serde_json::from_value(value).map_err(|source| EngineError::Json {
+            path: path.clone(),
+            source,
+        })?;
     match parsed {
         ModelConfig::Qwen2_5Vl(cfg) => Ok(cfg),
-        other => Err(EngineError::Input { reason: format!("{}: unsupported model {other:?}", path.display()) }),
+        other => Err(EngineError::Input {
+            reason: format!("{}: unsupported model {other:?}", path.display()),
+        }),
     }
 }
 
@@ -129,7 +154,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, lora: None }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            lora: None,
+        }
     }
 }
 
@@ -155,13 +184,19 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
     // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
     // being modified while the model is alive.
     let st = unsafe { MmapedSafetensors::multi(&files.paths())? };
-    if let WeightFiles::Sharded { index, weight_map, .. } = &files {
+    if let WeightFiles::Sharded {
+        index, weight_map, ..
+    } = &files
+    {
         let mut names: Vec<&String> = weight_map.keys().collect();
         names.sort_unstable();
         if let Some(missing) = names.into_iter().find(|n| st.get(n).is_err()) {
             return Err(EngineError::Index {
                 path: index.clone(),
-                reason: format!("lists tensor `{missing}` in `{}`, which does not hold it", weight_map[missing]),
+                reason: format!(
+                    "lists tensor `{missing}` in `{}`, which does not hold it",
+                    weight_map[missing]
+                ),
             });
         }
     }
@@ -177,7 +212,12 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
     }
     let vb = VarBuilder::from_backend(backend, opts.dtype, opts.device.clone());
     let model = Qwen2_5VlModel::new(&config, layout, vb)?;
-    Ok(LoadedModel { model, config, layout, dir: dir.to_path_buf() })
+    Ok(LoadedModel {
+        model,
+        config,
+        layout,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Reads a PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) and
@@ -199,5 +239,8 @@ pub fn load_lora(dir: &Path, layout: WeightLayout) -> Result<LoraAdapter, Engine
 }
 
 pub(crate) fn read_to_string(path: &Path) -> Result<String, EngineError> {
-    std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

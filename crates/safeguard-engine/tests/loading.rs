@@ -6,13 +6,18 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use safeguard_engine::weights::{find_weights, load_config, WeightFiles};
 use safeguard_engine::{load_model, EngineError, LoadOptions};
-use safeguard_model::qwen2_5_vl::{ConfigLayout, KvCache, Logits, Prompt, VisionInputs, WeightLayout};
+use safeguard_model::qwen2_5_vl::{
+    ConfigLayout, KvCache, Logits, Prompt, VisionInputs, WeightLayout,
+};
 
 use crate::common::{fixtures, npy, rel_max_diff};
 use crate::parity::read_case;
 
 /// Copies the config of `variant` and writes its tensors, changed by `edit`, as one file.
-fn edited_copy(variant: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+fn edited_copy(
+    variant: &str,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>),
+) -> tempfile::TempDir {
     let src = fixtures().join(variant);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
@@ -26,16 +31,25 @@ fn edited_copy(variant: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -
 }
 
 fn load_err(dir: &Path) -> String {
-    format!("{:#}", anyhow::Error::from(load_model(dir, &LoadOptions::default()).unwrap_err()))
+    format!(
+        "{:#}",
+        anyhow::Error::from(load_model(dir, &LoadOptions::default()).unwrap_err())
+    )
 }
 
 #[test]
 fn layouts_are_detected_from_config_and_tensor_names() {
     let a = load_model(&fixtures().join("tiny-a"), &LoadOptions::default()).unwrap();
-    assert_eq!((a.config.layout, a.layout), (ConfigLayout::Nested, WeightLayout::Nested));
+    assert_eq!(
+        (a.config.layout, a.layout),
+        (ConfigLayout::Nested, WeightLayout::Nested)
+    );
     assert!(!a.config.tie_word_embeddings);
     let b = load_model(&fixtures().join("tiny-b"), &LoadOptions::default()).unwrap();
-    assert_eq!((b.config.layout, b.layout), (ConfigLayout::Flat, WeightLayout::Legacy));
+    assert_eq!(
+        (b.config.layout, b.layout),
+        (ConfigLayout::Flat, WeightLayout::Legacy)
+    );
     assert!(b.config.tie_word_embeddings);
     assert_eq!(b.config.text_config.mrope_section, vec![1, 1, 2]);
     assert_eq!(b.config.text_config.rope_theta, 1e6);
@@ -59,7 +73,10 @@ fn missing_tensor_is_named() {
 fn mis_shaped_tensor_is_named_with_both_shapes() {
     let name = "model.visual.blocks.2.mlp.up_proj.weight";
     let tmp = edited_copy("tiny-a", |t| {
-        t.insert(name.to_string(), Tensor::zeros((47, 32), DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            name.to_string(),
+            Tensor::zeros((47, 32), DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let msg = load_err(tmp.path());
     assert!(msg.contains(name) && msg.contains("47"), "{msg}");
@@ -69,14 +86,21 @@ fn mis_shaped_tensor_is_named_with_both_shapes() {
 fn missing_shard_and_missing_weights_are_clear() {
     let src = fixtures().join("tiny-b");
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let msg = load_err(tmp.path());
     assert!(msg.contains("model-00002-of-00002.safetensors"), "{msg}");
     std::fs::remove_file(tmp.path().join("model.safetensors.index.json")).unwrap();
     let msg = load_err(tmp.path());
-    assert!(msg.contains("model.safetensors") && msg.contains("index"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("index"),
+        "{msg}"
+    );
     let err = load_config(&tmp.path().join("nowhere")).unwrap_err();
     assert!(matches!(err, EngineError::MissingFile { .. }));
 }
@@ -87,11 +111,30 @@ fn bf16_and_f16_loads_stay_close_to_the_f32_reference() {
     let cdir = dir.join("cases").join("one_image");
     let c = read_case(&cdir);
     for dtype in [DType::BF16, DType::F16] {
-        let model = load_model(&dir, &LoadOptions { dtype, ..Default::default() }).unwrap().model;
+        let model = load_model(
+            &dir,
+            &LoadOptions {
+                dtype,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .model;
         assert_eq!(model.dtype(), dtype);
-        let e = model.embed_images(&VisionInputs { pixel_values: c.pixels.clone().unwrap(), grid_thw: c.grids.clone() }).unwrap();
-        let prompt = Prompt { input_ids: &c.ids, grids: &c.grids, image_embeds: Some(&e) };
-        let logits = model.forward(&prompt, &mut KvCache::new(), Logits::Last).unwrap();
+        let e = model
+            .embed_images(&VisionInputs {
+                pixel_values: c.pixels.clone().unwrap(),
+                grid_thw: c.grids.clone(),
+            })
+            .unwrap();
+        let prompt = Prompt {
+            input_ids: &c.ids,
+            grids: &c.grids,
+            image_embeds: Some(&e),
+        };
+        let logits = model
+            .forward(&prompt, &mut KvCache::new(), Logits::Last)
+            .unwrap();
         let d = rel_max_diff(&logits, &npy(cdir.join("logits.npy")));
         eprintln!("{dtype:?}: logits rel max diff {d:.2e}");
         // Half precision through 2 + 3 random layers: a loose, documented bound (docs/model.md).
@@ -102,19 +145,35 @@ fn bf16_and_f16_loads_stay_close_to_the_f32_reference() {
 #[test]
 fn merged_lora_matches_peft_merge_and_unload() {
     let dir = fixtures().join("tiny-a");
-    let opts = LoadOptions { lora: Some(dir.join("lora")), ..Default::default() };
+    let opts = LoadOptions {
+        lora: Some(dir.join("lora")),
+        ..Default::default()
+    };
     let model = load_model(&dir, &opts).unwrap().model;
     let base = load_model(&dir, &LoadOptions::default()).unwrap().model;
     for case in ["text", "one_image"] {
         let c = read_case(&dir.join("cases").join(case));
         let run = |m: &safeguard_model::qwen2_5_vl::Qwen2_5VlModel| {
             let e = c.pixels.as_ref().map(|p| {
-                m.embed_images(&VisionInputs { pixel_values: p.clone(), grid_thw: c.grids.clone() }).unwrap()
+                m.embed_images(&VisionInputs {
+                    pixel_values: p.clone(),
+                    grid_thw: c.grids.clone(),
+                })
+                .unwrap()
             });
-            let prompt = Prompt { input_ids: &c.ids, grids: &c.grids, image_embeds: e.as_ref() };
-            m.forward(&prompt, &mut KvCache::new(), Logits::Last).unwrap()
+            let prompt = Prompt {
+                input_ids: &c.ids,
+                grids: &c.grids,
+                image_embeds: e.as_ref(),
+            };
+            m.forward(&prompt, &mut KvCache::new(), Logits::Last)
+                .unwrap()
         };
-        let expected = npy(dir.join("lora").join("cases").join(case).join("logits_merged.npy"));
+        let expected = npy(dir
+            .join("lora")
+            .join("cases")
+            .join(case)
+            .join("logits_merged.npy"));
         let d = rel_max_diff(&run(&model), &expected);
         eprintln!("lora/{case}: logits rel max diff {d:.2e}");
         assert!(d <= 1e-4, "lora/{case}: {d}");
@@ -132,7 +191,13 @@ fn lora_targeting_a_missing_module_is_an_error() {
     let tmp = edited_copy("tiny-a", |t| {
         t.remove(name).unwrap();
     });
-    let opts = LoadOptions { lora: Some(dir.join("lora")), ..Default::default() };
-    let msg = format!("{:#}", anyhow::Error::from(load_model(tmp.path(), &opts).unwrap_err()));
+    let opts = LoadOptions {
+        lora: Some(dir.join("lora")),
+        ..Default::default()
+    };
+    let msg = format!(
+        "{:#}",
+        anyhow::Error::from(load_model(tmp.path(), &opts).unwrap_err())
+    );
     assert!(msg.contains(name), "{msg}");
 }

@@ -23,16 +23,36 @@ pub struct Case {
 }
 
 pub fn read_case(dir: &Path) -> Case {
-    let ids = npy_i64(dir.join("input_ids.npy")).into_iter().map(|i| i as u32).collect();
+    let ids = npy_i64(dir.join("input_ids.npy"))
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
     let names = image_names();
-    let images: Vec<String> = npy_i64(dir.join("images.npy")).into_iter().map(|i| names[i as usize].clone()).collect();
+    let images: Vec<String> = npy_i64(dir.join("images.npy"))
+        .into_iter()
+        .map(|i| names[i as usize].clone())
+        .collect();
     if images.is_empty() {
-        return Case { ids, grids: Vec::new(), pixels: None };
+        return Case {
+            ids,
+            grids: Vec::new(),
+            pixels: None,
+        };
     }
     let g = npy_i64(dir.join("grid_thw.npy"));
-    let grids = g.chunks(3).map(|c| [c[0] as usize, c[1] as usize, c[2] as usize]).collect();
-    let parts: Vec<Tensor> = images.iter().map(|n| npy(fixtures().join("pixels").join(format!("{n}.npy")))).collect();
-    Case { ids, grids, pixels: Some(Tensor::cat(&parts, 0).unwrap()) }
+    let grids = g
+        .chunks(3)
+        .map(|c| [c[0] as usize, c[1] as usize, c[2] as usize])
+        .collect();
+    let parts: Vec<Tensor> = images
+        .iter()
+        .map(|n| npy(fixtures().join("pixels").join(format!("{n}.npy"))))
+        .collect();
+    Case {
+        ids,
+        grids,
+        pixels: Some(Tensor::cat(&parts, 0).unwrap()),
+    }
 }
 
 fn check_variant(variant: &str) {
@@ -43,24 +63,51 @@ fn check_variant(variant: &str) {
         let cdir = dir.join("cases").join(case);
         let c = read_case(&cdir);
         let embeds = c.pixels.as_ref().map(|p| {
-            let e = model.embed_images(&VisionInputs { pixel_values: p.clone(), grid_thw: c.grids.clone() }).unwrap();
+            let e = model
+                .embed_images(&VisionInputs {
+                    pixel_values: p.clone(),
+                    grid_thw: c.grids.clone(),
+                })
+                .unwrap();
             let d = rel_max_diff(&e, &npy(cdir.join("image_embeds.npy")));
             eprintln!("{variant}/{case}: image_embeds rel max diff {d:.2e}");
-            assert!(d <= F32_TOL, "{variant}/{case}: image embeddings differ by {d}");
+            assert!(
+                d <= F32_TOL,
+                "{variant}/{case}: image embeddings differ by {d}"
+            );
             e
         });
         let pos = rope_index(&c.ids, loaded.config.image_token_id, &c.grids, 2).unwrap();
         let flat: Vec<i64> = pos.positions.concat();
-        assert_eq!(flat, npy_i64(cdir.join("position_ids.npy")), "{variant}/{case}: position ids");
-        let prompt = Prompt { input_ids: &c.ids, grids: &c.grids, image_embeds: embeds.as_ref() };
-        let logits = model.forward(&prompt, &mut KvCache::new(), Logits::Last).unwrap();
+        assert_eq!(
+            flat,
+            npy_i64(cdir.join("position_ids.npy")),
+            "{variant}/{case}: position ids"
+        );
+        let prompt = Prompt {
+            input_ids: &c.ids,
+            grids: &c.grids,
+            image_embeds: embeds.as_ref(),
+        };
+        let logits = model
+            .forward(&prompt, &mut KvCache::new(), Logits::Last)
+            .unwrap();
         let d = rel_max_diff(&logits, &npy(cdir.join("logits.npy")));
         eprintln!("{variant}/{case}: logits rel max diff {d:.2e}");
         assert!(d <= F32_TOL, "{variant}/{case}: logits differ by {d}");
-        let params = SamplingParams { max_new_tokens: 20, ..Default::default() };
+        let params = SamplingParams {
+            max_new_tokens: 20,
+            ..Default::default()
+        };
         let generated = generate(model, &prompt, &params).unwrap();
-        let expected: Vec<u32> = npy_i64(cdir.join("greedy.npy")).into_iter().map(|i| i as u32).collect();
-        assert_eq!(generated.tokens, expected, "{variant}/{case}: greedy tokens");
+        let expected: Vec<u32> = npy_i64(cdir.join("greedy.npy"))
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        assert_eq!(
+            generated.tokens, expected,
+            "{variant}/{case}: greedy tokens"
+        );
     }
 }
 
@@ -79,17 +126,34 @@ fn all_logits_agree_with_last_logits_and_with_incremental_decoding() {
     let dir = fixtures().join("tiny-a");
     let model = load_model(&dir, &LoadOptions::default()).unwrap().model;
     let c = read_case(&dir.join("cases").join("two_images"));
-    let e = model.embed_images(&VisionInputs { pixel_values: c.pixels.clone().unwrap(), grid_thw: c.grids.clone() }).unwrap();
-    let full = Prompt { input_ids: &c.ids, grids: &c.grids, image_embeds: Some(&e) };
-    let all = model.forward(&full, &mut KvCache::new(), Logits::All).unwrap();
+    let e = model
+        .embed_images(&VisionInputs {
+            pixel_values: c.pixels.clone().unwrap(),
+            grid_thw: c.grids.clone(),
+        })
+        .unwrap();
+    let full = Prompt {
+        input_ids: &c.ids,
+        grids: &c.grids,
+        image_embeds: Some(&e),
+    };
+    let all = model
+        .forward(&full, &mut KvCache::new(), Logits::All)
+        .unwrap();
     let n = c.ids.len();
     assert_eq!(all.dims(), &[n, 512]);
     // Run the first n-3 tokens, then the rest one by one through the cache.
     let mut cache = KvCache::new();
-    let head = Prompt { input_ids: &c.ids[..n - 3], ..full };
+    let head = Prompt {
+        input_ids: &c.ids[..n - 3],
+        ..full
+    };
     model.forward(&head, &mut cache, Logits::Last).unwrap();
     for k in n - 3..n {
-        let step = Prompt { input_ids: &c.ids[..=k], ..full };
+        let step = Prompt {
+            input_ids: &c.ids[..=k],
+            ..full
+        };
         let last = model.forward(&step, &mut cache, Logits::Last).unwrap();
         let d = rel_max_diff(&last, &all.get(k).unwrap());
         assert!(d < 1e-5, "token {k}: cached decoding differs by {d}");

@@ -20,7 +20,9 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `weight` of shape `[size]` from `vb`.
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { inner: candle_nn::rms_norm(size, eps, vb)? })
+        Ok(Self {
+            inner: candle_nn::rms_norm(size, eps, vb)?,
+        })
     }
 }
 
@@ -40,7 +42,9 @@ pub fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
         return Ok(xs);
     }
     let (b, kv_heads, seq, dim) = xs.dims4()?;
-    xs.unsqueeze(2)?.expand((b, kv_heads, n_rep, seq, dim))?.reshape((b, kv_heads * n_rep, seq, dim))
+    xs.unsqueeze(2)?
+        .expand((b, kv_heads, n_rep, seq, dim))?
+        .reshape((b, kv_heads * n_rep, seq, dim))
 }
 
 /// Scaled dot-product attention on `[b, heads, q_len, d]` / `[b, heads, kv_len, d]`, softmax in
@@ -84,15 +88,26 @@ mod tests {
 
     #[test]
     fn causal_mask_allows_past_and_self_only() {
-        let m = causal_mask(2, 1, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(2, 1, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
     }
 
     #[test]
     fn repeat_kv_repeats_each_head_in_place() {
-        let x = Tensor::arange(0f32, 4.0, &Device::Cpu).unwrap().reshape((1, 2, 2, 1)).unwrap();
-        let r = repeat_kv(x, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = Tensor::arange(0f32, 4.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 2, 1))
+            .unwrap();
+        let r = repeat_kv(x, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(r, vec![0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0]);
     }
 }

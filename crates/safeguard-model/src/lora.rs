@@ -77,7 +77,11 @@ impl LoraConfig {
     /// Parses `adapter_config.json` and rejects options this crate does not implement.
     pub fn from_json_str(json: &str) -> Result<Self, ModelError> {
         let cfg: Self = serde_json::from_str(json).map_err(ModelError::ConfigJson)?;
-        let unsupported = |what: &str| Err(ModelError::Lora { reason: format!("{what} is not supported") });
+        let unsupported = |what: &str| {
+            Err(ModelError::Lora {
+                reason: format!("{what} is not supported"),
+            })
+        };
         if cfg.use_dora {
             return unsupported("use_dora = true");
         }
@@ -145,11 +149,17 @@ fn to_layout(module: &str, layout: WeightLayout) -> String {
 impl LoraAdapter {
     /// Pairs up the `lora_A`/`lora_B` tensors of `adapter_model.safetensors` and names them as
     /// in a checkpoint of `layout`. Every module must have both matrices, of rank `cfg.r`.
-    pub fn new(cfg: &LoraConfig, tensors: HashMap<String, Tensor>, layout: WeightLayout) -> Result<Self, ModelError> {
+    pub fn new(
+        cfg: &LoraConfig,
+        tensors: HashMap<String, Tensor>,
+        layout: WeightLayout,
+    ) -> Result<Self, ModelError> {
         let mut a = HashMap::new();
         let mut b = HashMap::new();
         for (name, t) in tensors {
-            let bad = || ModelError::Lora { reason: format!("unexpected tensor `{name}` in the adapter") };
+            let bad = || ModelError::Lora {
+                reason: format!("unexpected tensor `{name}` in the adapter"),
+            };
             let rest = name.strip_prefix("base_model.model.").ok_or_else(bad)?;
             let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
                 (m, &mut a)
@@ -162,19 +172,29 @@ impl LoraAdapter {
         }
         let mut pairs = HashMap::new();
         for (name, ta) in a {
-            let tb = b.remove(&name).ok_or_else(|| ModelError::Lora { reason: format!("`{name}` has lora_A but no lora_B") })?;
+            let tb = b.remove(&name).ok_or_else(|| ModelError::Lora {
+                reason: format!("`{name}` has lora_A but no lora_B"),
+            })?;
             let (r_a, r_b) = (ta.dim(0)?, tb.dim(1)?);
             if r_a != cfg.r || r_b != cfg.r {
                 return Err(ModelError::Lora {
-                    reason: format!("`{name}`: lora_A rows {r_a} / lora_B columns {r_b} differ from r = {}", cfg.r),
+                    reason: format!(
+                        "`{name}`: lora_A rows {r_a} / lora_B columns {r_b} differ from r = {}",
+                        cfg.r
+                    ),
                 });
             }
             pairs.insert(name, (ta, tb));
         }
         if let Some(name) = b.keys().next() {
-            return Err(ModelError::Lora { reason: format!("`{name}` has lora_B but no lora_A") });
+            return Err(ModelError::Lora {
+                reason: format!("`{name}` has lora_B but no lora_A"),
+            });
         }
-        Ok(Self { pairs, scale: cfg.scale() })
+        Ok(Self {
+            pairs,
+            scale: cfg.scale(),
+        })
     }
 
     /// Checkpoint names of the weights this adapter modifies.
@@ -184,7 +204,9 @@ impl LoraAdapter {
 
     /// `scale · B·A` in f32 for weight `name`, if targeted.
     pub fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>> {
-        let Some((a, b)) = self.pairs.get(name) else { return Ok(None) };
+        let Some((a, b)) = self.pairs.get(name) else {
+            return Ok(None);
+        };
         let a = a.to_device(device)?.to_dtype(DType::F32)?;
         let b = b.to_device(device)?.to_dtype(DType::F32)?;
         Ok(Some((b.matmul(&a)? * self.scale)?))
@@ -193,7 +215,10 @@ impl LoraAdapter {
     /// The pair for `name` as a separate layer over `base` (see [`LoraLinear`]).
     pub fn linear(&self, name: &str, base: Linear) -> candle_core::Result<LoraLinear> {
         let pair = self.pairs.get(name).cloned();
-        Ok(LoraLinear { base, lora: pair.map(|(a, b)| (a, b, self.scale)) })
+        Ok(LoraLinear {
+            base,
+            lora: pair.map(|(a, b)| (a, b, self.scale)),
+        })
     }
 }
 
@@ -209,20 +234,33 @@ impl MergedLoraBackend {
         let mut targets: Vec<&str> = adapter.targets().collect();
         targets.sort_unstable();
         if let Some(missing) = targets.into_iter().find(|t| !inner.contains_tensor(t)) {
-            return Err(ModelError::Lora { reason: format!("targets `{missing}`, which the checkpoint does not have") });
+            return Err(ModelError::Lora {
+                reason: format!("targets `{missing}`, which the checkpoint does not have"),
+            });
         }
         Ok(Self { inner, adapter })
     }
 }
 
 impl SimpleBackend for MergedLoraBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.adapter.delta(name, dev)? {
             None => self.inner.get(s, name, h, dtype, dev),
             Some(delta) => {
                 let base = self.inner.get(s, name, h, DType::F32, dev)?;
                 if base.shape() != delta.shape() {
-                    candle_core::bail!("LoRA delta for {name} is {:?} but the weight is {:?}", delta.shape(), base.shape());
+                    candle_core::bail!(
+                        "LoRA delta for {name} is {:?} but the weight is {:?}",
+                        delta.shape(),
+                        base.shape()
+                    );
                 }
                 (base + delta)?.to_dtype(dtype)
             }
@@ -232,7 +270,9 @@ impl SimpleBackend for MergedLoraBackend {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.adapter.delta(name, dev)? {
             None => self.inner.get_unchecked(name, dtype, dev),
-            Some(delta) => (self.inner.get_unchecked(name, DType::F32, dev)? + delta)?.to_dtype(dtype),
+            Some(delta) => {
+                (self.inner.get_unchecked(name, DType::F32, dev)? + delta)?.to_dtype(dtype)
+            }
         }
     }
 
@@ -251,7 +291,9 @@ pub struct LoraLinear {
 impl Module for LoraLinear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let out = self.base.forward(xs)?;
-        let Some((a, b, scale)) = &self.lora else { return Ok(out) };
+        let Some((a, b, scale)) = &self.lora else {
+            return Ok(out);
+        };
         let (a, b) = (a.to_dtype(xs.dtype())?, b.to_dtype(xs.dtype())?);
         let low = Linear::new(a, None).forward(xs)?;
         out + (Linear::new(b, None).forward(&low)? * *scale)?
@@ -265,10 +307,22 @@ mod tests {
     #[test]
     fn module_names_translate_between_layouts() {
         let q = "model.language_model.layers.0.self_attn.q_proj";
-        assert_eq!(to_layout(q, WeightLayout::Legacy), "model.layers.0.self_attn.q_proj");
-        assert_eq!(to_layout("model.layers.0.mlp.down_proj", WeightLayout::Nested), "model.language_model.layers.0.mlp.down_proj");
-        assert_eq!(to_layout("model.visual.blocks.1.mlp.down_proj", WeightLayout::Legacy), "visual.blocks.1.mlp.down_proj");
-        assert_eq!(to_layout("visual.blocks.1.mlp.down_proj", WeightLayout::Nested), "model.visual.blocks.1.mlp.down_proj");
+        assert_eq!(
+            to_layout(q, WeightLayout::Legacy),
+            "model.layers.0.self_attn.q_proj"
+        );
+        assert_eq!(
+            to_layout("model.layers.0.mlp.down_proj", WeightLayout::Nested),
+            "model.language_model.layers.0.mlp.down_proj"
+        );
+        assert_eq!(
+            to_layout("model.visual.blocks.1.mlp.down_proj", WeightLayout::Legacy),
+            "visual.blocks.1.mlp.down_proj"
+        );
+        assert_eq!(
+            to_layout("visual.blocks.1.mlp.down_proj", WeightLayout::Nested),
+            "model.visual.blocks.1.mlp.down_proj"
+        );
     }
 
     #[test]
@@ -278,11 +332,29 @@ mod tests {
         let a = Tensor::new(&[[0.2f32, -0.4]], &dev).unwrap();
         let b = Tensor::new(&[[1f32], [0.0], [-2.0]], &dev).unwrap();
         let x = Tensor::new(&[[0.3f32, 0.7], [-1.0, 2.0]], &dev).unwrap();
-        let sep = LoraLinear { base: Linear::new(w.clone(), None), lora: Some((a.clone(), b.clone(), 2.0)) };
+        let sep = LoraLinear {
+            base: Linear::new(w.clone(), None),
+            lora: Some((a.clone(), b.clone(), 2.0)),
+        };
         let merged = Linear::new((w + (b.matmul(&a).unwrap() * 2.0).unwrap()).unwrap(), None);
-        let diff = (sep.forward(&x).unwrap() - merged.forward(&x).unwrap()).unwrap().abs().unwrap();
+        let diff = (sep.forward(&x).unwrap() - merged.forward(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap();
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
-        let plain = LoraLinear { base: Linear::new(Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), None), lora: None };
-        assert_eq!(plain.forward(&x).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let plain = LoraLinear {
+            base: Linear::new(Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), None),
+            lora: None,
+        };
+        assert_eq!(
+            plain
+                .forward(&x)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 }

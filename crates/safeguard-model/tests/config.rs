@@ -44,15 +44,33 @@ fn flat_7b_layout_parses() {
     let cfg = Config::from_json_str(FLAT_7B).unwrap();
     assert_eq!(cfg.layout, ConfigLayout::Flat);
     let t = &cfg.text_config;
-    assert_eq!((t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads), (3584, 28, 28, 4));
+    assert_eq!(
+        (
+            t.hidden_size,
+            t.num_hidden_layers,
+            t.num_attention_heads,
+            t.num_key_value_heads
+        ),
+        (3584, 28, 28, 4)
+    );
     assert_eq!(t.head_dim(), 128);
     assert_eq!(t.mrope_section, vec![16, 24, 24]);
     assert_eq!(t.rope_theta, 1e6);
     assert_eq!(t.eos_token_id, vec![151645]);
     let v = &cfg.vision_config;
-    assert_eq!((v.depth, v.hidden_size, v.in_channels, v.patch_dim()), (32, 1280, 3, 1176));
+    assert_eq!(
+        (v.depth, v.hidden_size, v.in_channels, v.patch_dim()),
+        (32, 1280, 3, 1176)
+    );
     assert_eq!(v.rope_theta(), 10000.0);
-    assert_eq!((cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id), (151655, 151652, 151653));
+    assert_eq!(
+        (
+            cfg.image_token_id,
+            cfg.vision_start_token_id,
+            cfg.vision_end_token_id
+        ),
+        (151655, 151652, 151653)
+    );
     assert!(!cfg.tie_word_embeddings);
 }
 
@@ -60,7 +78,10 @@ fn flat_7b_layout_parses() {
 fn nested_layout_parses_and_ties_from_text_config() {
     let cfg = Config::from_json_str(NESTED).unwrap();
     assert_eq!(cfg.layout, ConfigLayout::Nested);
-    assert!(cfg.tie_word_embeddings, "text_config.tie_word_embeddings must propagate");
+    assert!(
+        cfg.tie_word_embeddings,
+        "text_config.tie_word_embeddings must propagate"
+    );
     assert_eq!(cfg.text_config.num_key_value_heads, 2);
     assert_eq!(cfg.text_config.eos_token_id, vec![151645, 151643]);
     assert_eq!(cfg.text_config.rms_norm_eps, 1e-6);
@@ -70,8 +91,13 @@ fn nested_layout_parses_and_ties_from_text_config() {
 fn model_type_tag_dispatches_and_rejects_others() {
     let parsed: ModelConfig = serde_json::from_str(FLAT_7B).unwrap();
     assert!(matches!(parsed, ModelConfig::Qwen2_5Vl(_)));
-    let other = FLAT_7B.replace("\"model_type\": \"qwen2_5_vl\"", "\"model_type\": \"llava\"");
-    let err = serde_json::from_str::<ModelConfig>(&other).unwrap_err().to_string();
+    let other = FLAT_7B.replace(
+        "\"model_type\": \"qwen2_5_vl\"",
+        "\"model_type\": \"llava\"",
+    );
+    let err = serde_json::from_str::<ModelConfig>(&other)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("llava"), "{err}");
 }
 
@@ -83,7 +109,9 @@ fn inconsistent_values_name_the_field() {
         other => panic!("expected a config error, got {other:?}"),
     }
     let bad = FLAT_7B.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 5");
-    assert!(matches!(Config::from_json_str(&bad), Err(ModelError::Config { field, .. }) if field == "num_key_value_heads"));
+    assert!(
+        matches!(Config::from_json_str(&bad), Err(ModelError::Config { field, .. }) if field == "num_key_value_heads")
+    );
     let bad = FLAT_7B.replace("\"hidden_size\": 3584,", "");
     let err = Config::from_json_str(&bad).unwrap_err().to_string();
     assert!(err.contains("hidden_size"), "{err}");

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use safeguard_model::qwen2_5_vl::{Config, KvCache, Logits, Prompt, Qwen2_5VlModel, VisionInputs, WeightLayout};
+use safeguard_model::qwen2_5_vl::{
+    Config, KvCache, Logits, Prompt, Qwen2_5VlModel, VisionInputs, WeightLayout,
+};
 
 const TINY: &str = r#"{
   "model_type": "qwen2_5_vl", "image_token_id": 60, "video_token_id": 61,
@@ -19,23 +21,46 @@ const TINY: &str = r#"{
 #[test]
 fn forward_shapes_on_zero_weights() {
     let cfg = Config::from_json_str(TINY).unwrap();
-    let model = Qwen2_5VlModel::new(&cfg, WeightLayout::Nested, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
+    let model = Qwen2_5VlModel::new(
+        &cfg,
+        WeightLayout::Nested,
+        VarBuilder::zeros(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let grid = [1, 4, 6];
     let pixels = Tensor::ones((24, 1176), DType::F32, &Device::Cpu).unwrap();
-    let embeds = model.embed_images(&VisionInputs { pixel_values: pixels, grid_thw: vec![grid] }).unwrap();
+    let embeds = model
+        .embed_images(&VisionInputs {
+            pixel_values: pixels,
+            grid_thw: vec![grid],
+        })
+        .unwrap();
     assert_eq!(embeds.dims(), &[6, 32]);
     assert_eq!(model.image_tokens(grid), 6);
     let mut ids = vec![1u32, 62];
     ids.extend([60; 6]);
     ids.extend([63, 5]);
-    let prompt = Prompt { input_ids: &ids, grids: &[grid], image_embeds: Some(&embeds) };
+    let prompt = Prompt {
+        input_ids: &ids,
+        grids: &[grid],
+        image_embeds: Some(&embeds),
+    };
     let mut cache = KvCache::new();
     let all = model.forward(&prompt, &mut cache, Logits::All).unwrap();
     assert_eq!(all.dims(), &[10, 64]);
     assert_eq!(cache.seq_len(), 10);
     let mut longer = ids.clone();
     longer.push(7);
-    let next = model.forward(&Prompt { input_ids: &longer, ..prompt }, &mut cache, Logits::Last).unwrap();
+    let next = model
+        .forward(
+            &Prompt {
+                input_ids: &longer,
+                ..prompt
+            },
+            &mut cache,
+            Logits::Last,
+        )
+        .unwrap();
     assert_eq!(next.dims(), &[64]);
     assert_eq!(cache.seq_len(), 11);
 }
@@ -43,18 +68,38 @@ fn forward_shapes_on_zero_weights() {
 #[test]
 fn inputs_that_do_not_fit_are_errors() {
     let cfg = Config::from_json_str(TINY).unwrap();
-    let model = Qwen2_5VlModel::new(&cfg, WeightLayout::Legacy, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
+    let model = Qwen2_5VlModel::new(
+        &cfg,
+        WeightLayout::Legacy,
+        VarBuilder::zeros(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     // Wrong patch count for the grid.
     let pixels = Tensor::ones((20, 1176), DType::F32, &Device::Cpu).unwrap();
-    assert!(model.embed_images(&VisionInputs { pixel_values: pixels, grid_thw: vec![[1, 4, 6]] }).is_err());
+    assert!(model
+        .embed_images(&VisionInputs {
+            pixel_values: pixels,
+            grid_thw: vec![[1, 4, 6]]
+        })
+        .is_err());
     // Image pads without embeddings.
     let ids = [62u32, 60, 60, 60, 60, 60, 60, 63];
-    let prompt = Prompt { input_ids: &ids, grids: &[[1, 4, 6]], image_embeds: None };
-    assert!(model.forward(&prompt, &mut KvCache::new(), Logits::Last).is_err());
+    let prompt = Prompt {
+        input_ids: &ids,
+        grids: &[[1, 4, 6]],
+        image_embeds: None,
+    };
+    assert!(model
+        .forward(&prompt, &mut KvCache::new(), Logits::Last)
+        .is_err());
     // Nothing left to run.
     let mut cache = KvCache::new();
     let text = [1u32, 2];
-    let p = Prompt { input_ids: &text, grids: &[], image_embeds: None };
+    let p = Prompt {
+        input_ids: &text,
+        grids: &[],
+        image_embeds: None,
+    };
     model.forward(&p, &mut cache, Logits::Last).unwrap();
     assert!(model.forward(&p, &mut cache, Logits::Last).is_err());
 }
@@ -65,13 +110,26 @@ fn weight_names_follow_the_layout_and_missing_ones_are_named() {
     // Only the embedding: loading must fail on the first vision tensor, by full name.
     let embed = Tensor::zeros((64, 32), DType::F32, &Device::Cpu).unwrap();
     for (layout, embed_name, first_missing) in [
-        (WeightLayout::Legacy, "model.embed_tokens.weight", "visual.blocks.0.norm1.weight"),
-        (WeightLayout::Nested, "model.language_model.embed_tokens.weight", "model.visual.blocks.0.norm1.weight"),
+        (
+            WeightLayout::Legacy,
+            "model.embed_tokens.weight",
+            "visual.blocks.0.norm1.weight",
+        ),
+        (
+            WeightLayout::Nested,
+            "model.language_model.embed_tokens.weight",
+            "model.visual.blocks.0.norm1.weight",
+        ),
     ] {
         let tensors = HashMap::from([(embed_name.to_string(), embed.clone())]);
-        assert_eq!(WeightLayout::detect(|n| tensors.contains_key(n)), Some(layout));
+        assert_eq!(
+            WeightLayout::detect(|n| tensors.contains_key(n)),
+            Some(layout)
+        );
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let err = Qwen2_5VlModel::new(&cfg, layout, vb).unwrap_err().to_string();
+        let err = Qwen2_5VlModel::new(&cfg, layout, vb)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(first_missing), "{err}");
     }
 }

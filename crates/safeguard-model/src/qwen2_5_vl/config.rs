@@ -208,7 +208,10 @@ impl VisionConfig {
     }
     /// RoPE base of the 2-D rotary embedding (10000 unless the file says otherwise).
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters.as_ref().and_then(|r| r.rope_theta).unwrap_or(10000.0)
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .unwrap_or(10000.0)
     }
     /// Values per patch in `pixel_values`: channels × temporal × patch × patch (1176).
     pub fn patch_dim(&self) -> usize {
@@ -219,7 +222,8 @@ impl VisionConfig {
 impl Config {
     /// Parses a `config.json` of either layout, checking the invariants the model relies on.
     pub fn from_json_str(json: &str) -> Result<Self, ModelError> {
-        let value: serde_json::Value = serde_json::from_str(json).map_err(ModelError::ConfigJson)?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(ModelError::ConfigJson)?;
         Self::try_from(value)
     }
 
@@ -227,30 +231,69 @@ impl Config {
         let t = &self.text_config;
         let v = &self.vision_config;
         let bad = |field: &str, reason: String| {
-            Err(ModelError::Config { field: field.to_string(), reason })
+            Err(ModelError::Config {
+                field: field.to_string(),
+                reason,
+            })
         };
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
-            return bad("num_attention_heads", format!("must divide hidden_size {}", t.hidden_size));
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
+            return bad(
+                "num_attention_heads",
+                format!("must divide hidden_size {}", t.hidden_size),
+            );
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
-            return bad("num_key_value_heads", format!("must divide num_attention_heads {}", t.num_attention_heads));
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
+            return bad(
+                "num_key_value_heads",
+                format!("must divide num_attention_heads {}", t.num_attention_heads),
+            );
         }
         let half = t.head_dim() / 2;
         if t.mrope_section.len() != 3 || t.mrope_section.iter().sum::<usize>() != half {
-            return bad("mrope_section", format!("{:?} must be 3 numbers summing to head_dim/2 = {half}", t.mrope_section));
+            return bad(
+                "mrope_section",
+                format!(
+                    "{:?} must be 3 numbers summing to head_dim/2 = {half}",
+                    t.mrope_section
+                ),
+            );
         }
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0 {
-            return bad("vision_config.num_heads", "must divide hidden_size into heads of a multiple of 4".into());
+        if v.num_heads == 0
+            || !v.hidden_size.is_multiple_of(v.num_heads)
+            || !v.head_dim().is_multiple_of(4)
+        {
+            return bad(
+                "vision_config.num_heads",
+                "must divide hidden_size into heads of a multiple of 4".into(),
+            );
         }
         if v.out_hidden_size != t.hidden_size {
-            return bad("vision_config.out_hidden_size", format!("{} must equal the text hidden_size {}", v.out_hidden_size, t.hidden_size));
+            return bad(
+                "vision_config.out_hidden_size",
+                format!(
+                    "{} must equal the text hidden_size {}",
+                    v.out_hidden_size, t.hidden_size
+                ),
+            );
         }
         let unit = v.spatial_merge_size * v.patch_size;
-        if v.spatial_merge_size == 0 || v.window_size < unit || v.window_size % unit != 0 {
-            return bad("vision_config.window_size", format!("{} must be a multiple of spatial_merge_size × patch_size = {unit}", v.window_size));
+        if v.spatial_merge_size == 0 || v.window_size < unit || !v.window_size.is_multiple_of(unit)
+        {
+            return bad(
+                "vision_config.window_size",
+                format!(
+                    "{} must be a multiple of spatial_merge_size × patch_size = {unit}",
+                    v.window_size
+                ),
+            );
         }
         if let Some(i) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {
-            return bad("vision_config.fullatt_block_indexes", format!("index {i} is not below depth {}", v.depth));
+            return bad(
+                "vision_config.fullatt_block_indexes",
+                format!("index {i} is not below depth {}", v.depth),
+            );
         }
         Ok(())
     }
@@ -260,7 +303,8 @@ impl TryFrom<serde_json::Value> for Config {
     type Error = ModelError;
 
     fn try_from(value: serde_json::Value) -> Result<Self, ModelError> {
-        let top: TopLevel = serde_json::from_value(value.clone()).map_err(ModelError::ConfigJson)?;
+        let top: TopLevel =
+            serde_json::from_value(value.clone()).map_err(ModelError::ConfigJson)?;
         let (layout, raw_text) = match value.get("text_config") {
             Some(text) => (ConfigLayout::Nested, text.clone()),
             None => (ConfigLayout::Flat, value),
@@ -291,7 +335,9 @@ impl TextConfig {
             .and_then(|r| r.rope_theta)
             .or(raw.rope_theta)
             .unwrap_or(1_000_000.0);
-        let mrope_section = rope.and_then(|r| r.mrope_section.clone()).unwrap_or_else(|| vec![16, 24, 24]);
+        let mrope_section = rope
+            .and_then(|r| r.mrope_section.clone())
+            .unwrap_or_else(|| vec![16, 24, 24]);
         TextConfig {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,

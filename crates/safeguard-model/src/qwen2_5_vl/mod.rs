@@ -115,7 +115,12 @@ impl Qwen2_5VlModel {
             let t = &cfg.text_config;
             candle_nn::linear_no_bias(t.hidden_size, t.vocab_size, vb.pp("lm_head"))?
         };
-        Ok(Self { visual, text, lm_head, cfg: cfg.clone() })
+        Ok(Self {
+            visual,
+            text,
+            lm_head,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The configuration.
@@ -136,17 +141,28 @@ impl Qwen2_5VlModel {
     /// Runs the vision tower: `[Σ tokens, hidden]`, images in order.
     pub fn embed_images(&self, inputs: &VisionInputs) -> Result<Tensor, ModelError> {
         let pixels = inputs.pixel_values.to_dtype(self.visual.dtype())?;
-        Ok(self.visual.forward(&VisionInputs { pixel_values: pixels, grid_thw: inputs.grid_thw.clone() })?)
+        Ok(self.visual.forward(&VisionInputs {
+            pixel_values: pixels,
+            grid_thw: inputs.grid_thw.clone(),
+        })?)
     }
 
     /// Runs the tokens of `prompt.input_ids` that are not yet in `cache` (all of them when it is
     /// empty), appends them to the cache and returns f32 logits (see [`Logits`]).
-    pub fn forward(&self, prompt: &Prompt<'_>, cache: &mut KvCache, which: Logits) -> Result<Tensor, ModelError> {
+    pub fn forward(
+        &self,
+        prompt: &Prompt<'_>,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<Tensor, ModelError> {
         let ids = prompt.input_ids;
         let cached = cache.seq_len();
         if cached >= ids.len() {
             return Err(ModelError::Input {
-                reason: format!("{} tokens given but {cached} are already cached: nothing to run", ids.len()),
+                reason: format!(
+                    "{} tokens given but {cached} are already cached: nothing to run",
+                    ids.len()
+                ),
             });
         }
         let merge = self.cfg.vision_config.spatial_merge_size;
@@ -154,36 +170,58 @@ impl Qwen2_5VlModel {
         let tail = &ids[cached..];
         let device = self.lm_head.weight().device();
         let embeds = self.input_embeds(tail, prompt.image_embeds)?;
-        let positions: [Vec<Vec<i64>>; 3] = index.positions.map(|axis| vec![axis[cached..].to_vec()]);
+        let positions: [Vec<Vec<i64>>; 3] =
+            index.positions.map(|axis| vec![axis[cached..].to_vec()]);
         let rope = MRope::new(&self.cfg.text_config, &positions, device)?;
-        let hidden = self.text.forward(&embeds.unsqueeze(0)?, &rope, cache)?.squeeze(0)?;
+        let hidden = self
+            .text
+            .forward(&embeds.unsqueeze(0)?, &rope, cache)?
+            .squeeze(0)?;
         let hidden = match which {
             Logits::Last => hidden.i(tail.len() - 1)?,
             Logits::All => hidden,
         };
-        Ok(self.lm_head.forward(&hidden.unsqueeze(0)?)?.squeeze(0)?.to_dtype(DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&hidden.unsqueeze(0)?)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Token embeddings of `tail` with its `<|image_pad|>` rows replaced by the last rows of
     /// `image_embeds` (the tail's images are the last ones of the sequence): `[tail, hidden]`.
-    fn input_embeds(&self, tail: &[u32], image_embeds: Option<&Tensor>) -> Result<Tensor, ModelError> {
+    fn input_embeds(
+        &self,
+        tail: &[u32],
+        image_embeds: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let device = self.lm_head.weight().device();
         let ids = Tensor::new(tail, device)?;
         let text = self.text.embed(&ids)?;
-        let pads: Vec<usize> = (0..tail.len()).filter(|&i| tail[i] == self.cfg.image_token_id).collect();
+        let pads: Vec<usize> = (0..tail.len())
+            .filter(|&i| tail[i] == self.cfg.image_token_id)
+            .collect();
         if pads.is_empty() {
             return Ok(text);
         }
         let images = image_embeds.ok_or_else(|| ModelError::Input {
-            reason: format!("{} <|image_pad|> tokens to run but no image embeddings given", pads.len()),
+            reason: format!(
+                "{} <|image_pad|> tokens to run but no image embeddings given",
+                pads.len()
+            ),
         })?;
         let total = images.dim(0)?;
         if total < pads.len() {
             return Err(ModelError::Input {
-                reason: format!("{} <|image_pad|> tokens to run but only {total} image embeddings", pads.len()),
+                reason: format!(
+                    "{} <|image_pad|> tokens to run but only {total} image embeddings",
+                    pads.len()
+                ),
             });
         }
-        let images = images.narrow(0, total - pads.len(), pads.len())?.to_dtype(text.dtype())?;
+        let images = images
+            .narrow(0, total - pads.len(), pads.len())?
+            .to_dtype(text.dtype())?;
         // Row i of the result: text row i, or image row k for the k-th pad token.
         let mut index: Vec<u32> = (0..tail.len() as u32).collect();
         for (k, &i) in pads.iter().enumerate() {

@@ -40,9 +40,15 @@ pub fn rope_index(
             i += 1;
             continue;
         }
-        let run = input_ids[i..].iter().take_while(|&&t| t == image_token_id).count();
+        let run = input_ids[i..]
+            .iter()
+            .take_while(|&&t| t == image_token_id)
+            .count();
         let &[t, h, w] = grids_iter.next().ok_or_else(|| ModelError::Input {
-            reason: format!("image-pad run at token {i} has no image grid left ({} grids given)", grids.len()),
+            reason: format!(
+                "image-pad run at token {i} has no image grid left ({} grids given)",
+                grids.len()
+            ),
         })?;
         let (lh, lw) = (h / spatial_merge_size, w / spatial_merge_size);
         if run != t * lh * lw {
@@ -68,11 +74,21 @@ pub fn rope_index(
     }
     if grids_iter.next().is_some() {
         return Err(ModelError::Input {
-            reason: format!("{} image grids given but fewer image-pad runs in the input ids", grids.len()),
+            reason: format!(
+                "{} image grids given but fewer image-pad runs in the input ids",
+                grids.len()
+            ),
         });
     }
-    let max = positions.iter().flat_map(|a| a.iter().copied()).max().unwrap_or(-1);
-    Ok(RopeIndex { delta: max + 1 - input_ids.len() as i64, positions })
+    let max = positions
+        .iter()
+        .flat_map(|a| a.iter().copied())
+        .max()
+        .unwrap_or(-1);
+    Ok(RopeIndex {
+        delta: max + 1 - input_ids.len() as i64,
+        positions,
+    })
 }
 
 #[cfg(test)]

@@ -62,15 +62,19 @@ impl MRope {
     /// Builds the angles from position ids `[3][b][seq]` (temporal, height, width).
     pub fn new(cfg: &TextConfig, positions: &[Vec<Vec<i64>>; 3], device: &Device) -> Result<Self> {
         let half = cfg.head_dim() / 2;
-        let inv_freq: Vec<f64> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / cfg.head_dim() as f64)).collect();
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / cfg.head_dim() as f64))
+            .collect();
         // Axis used by each frequency index.
         let mut axis_of = Vec::with_capacity(half);
         for (section, &n) in cfg.mrope_section.iter().enumerate() {
             axis_of.extend(std::iter::repeat_n(section % 3, n));
         }
         let (b, seq) = (positions[0].len(), positions[0].first().map_or(0, Vec::len));
-        if positions.iter().any(|axis| axis.len() != b || axis.iter().any(|row| row.len() != seq)) {
+        if positions
+            .iter()
+            .any(|axis| axis.len() != b || axis.iter().any(|row| row.len() != seq))
+        {
             candle_core::bail!("M-RoPE positions must be [3][{b}][{seq}]");
         }
         let mut angles = Vec::with_capacity(b * seq * half);
@@ -78,11 +82,19 @@ impl MRope {
         for ((t_row, h_row), w_row) in t_rows.iter().zip(h_rows).zip(w_rows) {
             for ((&t, &h), &w) in t_row.iter().zip(h_row).zip(w_row) {
                 let pos = [t, h, w];
-                angles.extend(inv_freq.iter().zip(&axis_of).map(|(f, &axis)| (pos[axis] as f64 * f) as f32));
+                angles.extend(
+                    inv_freq
+                        .iter()
+                        .zip(&axis_of)
+                        .map(|(f, &axis)| (pos[axis] as f64 * f) as f32),
+                );
             }
         }
         let angles = Tensor::from_vec(angles, (b, seq, half), device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
     }
 }
 
@@ -150,7 +162,9 @@ impl Attention {
         let (k, v) = step.cache.append(layer, k, v.contiguous()?)?;
         let n_rep = self.num_heads / self.num_kv_heads;
         let out = attention(&q, &repeat_kv(k, n_rep)?, &repeat_kv(v, n_rep)?, step.mask)?;
-        let out = out.transpose(1, 2)?.reshape((b, seq, self.num_heads * self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, seq, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -168,7 +182,11 @@ impl DecoderLayer {
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
@@ -178,8 +196,13 @@ impl DecoderLayer {
     }
 
     fn forward(&self, xs: &Tensor, step: &mut Step<'_>, layer: usize) -> Result<Tensor> {
-        let xs = (xs + self.self_attn.forward(&self.input_layernorm.forward(xs)?, step, layer)?)?;
-        &xs + self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?
+        let xs = (xs
+            + self
+                .self_attn
+                .forward(&self.input_layernorm.forward(xs)?, step, layer)?)?;
+        &xs + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs)?)?
     }
 }
 
@@ -231,8 +254,16 @@ impl TextModel {
         let _span = tracing::trace_span!("text_forward").entered();
         let (_, seq, _) = embeds.dims3()?;
         let past = cache.seq_len();
-        let mask = if seq > 1 { Some(causal_mask(seq, past, embeds.device())?) } else { None };
-        let mut step = Step { rope, mask: mask.as_ref(), cache };
+        let mask = if seq > 1 {
+            Some(causal_mask(seq, past, embeds.device())?)
+        } else {
+            None
+        };
+        let mut step = Step {
+            rope,
+            mask: mask.as_ref(),
+            cache,
+        };
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mut step, i)?;

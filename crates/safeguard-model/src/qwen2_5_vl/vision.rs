@@ -104,9 +104,18 @@ struct PatchEmbed {
 
 impl PatchEmbed {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let shape = (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size);
+        let shape = (
+            cfg.hidden_size,
+            cfg.in_channels,
+            cfg.temporal_patch_size,
+            cfg.patch_size,
+            cfg.patch_size,
+        );
         let weight = vb.get(shape, "proj.weight")?;
-        let weight_t = weight.reshape((cfg.hidden_size, cfg.patch_dim()))?.t()?.contiguous()?;
+        let weight_t = weight
+            .reshape((cfg.hidden_size, cfg.patch_dim()))?
+            .t()?
+            .contiguous()?;
         Ok(Self { weight_t })
     }
 }
@@ -156,12 +165,19 @@ struct VisionAttention {
 impl VisionAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        Ok(Self { qkv: linear(h, 3 * h, vb.pp("qkv"))?, proj: linear(h, h, vb.pp("proj"))?, num_heads: cfg.num_heads })
+        Ok(Self {
+            qkv: linear(h, 3 * h, vb.pp("qkv"))?,
+            proj: linear(h, h, vb.pp("proj"))?,
+            num_heads: cfg.num_heads,
+        })
     }
 
     fn forward(&self, xs: &Tensor, cu_seqlens: &[usize], rope: &VisionRope) -> Result<Tensor> {
         let (seq, hidden) = xs.dims2()?;
-        let qkv = self.qkv.forward(xs)?.reshape((seq, 3, self.num_heads, hidden / self.num_heads))?;
+        let qkv =
+            self.qkv
+                .forward(xs)?
+                .reshape((seq, 3, self.num_heads, hidden / self.num_heads))?;
         // [3, 1, heads, seq, head_dim]
         let qkv = qkv.permute((1, 2, 0, 3))?.unsqueeze(1)?;
         let q = apply_rope(&qkv.get(0)?, &rope.cos, &rope.sin)?;
@@ -170,11 +186,19 @@ impl VisionAttention {
         let mut outputs = Vec::with_capacity(cu_seqlens.len());
         for pair in cu_seqlens.windows(2) {
             let (start, len) = (pair[0], pair[1] - pair[0]);
-            let out = attention(&q.narrow(2, start, len)?, &k.narrow(2, start, len)?, &v.narrow(2, start, len)?, None)?;
+            let out = attention(
+                &q.narrow(2, start, len)?,
+                &k.narrow(2, start, len)?,
+                &v.narrow(2, start, len)?,
+                None,
+            )?;
             outputs.push(out);
         }
         // [1, heads, seq, head_dim] → [seq, hidden]
-        let out = Tensor::cat(&outputs, 2)?.squeeze(0)?.transpose(0, 1)?.reshape((seq, hidden))?;
+        let out = Tensor::cat(&outputs, 2)?
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .reshape((seq, hidden))?;
         self.proj.forward(&out)
     }
 }
@@ -198,7 +222,10 @@ impl VisionBlock {
     }
 
     fn forward(&self, xs: &Tensor, cu_seqlens: &[usize], rope: &VisionRope) -> Result<Tensor> {
-        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?, cu_seqlens, rope)?)?;
+        let xs = (xs
+            + self
+                .attn
+                .forward(&self.norm1.forward(xs)?, cu_seqlens, rope)?)?;
         &xs + self.mlp.forward(&self.norm2.forward(&xs)?)?
     }
 }
@@ -246,14 +273,19 @@ impl VisionRope {
         let quarter = cfg.head_dim() / 4;
         let half = cfg.head_dim() / 2;
         let theta = cfg.rope_theta();
-        let inv_freq: Vec<f64> = (0..quarter).map(|j| 1.0 / theta.powf((2 * j) as f64 / half as f64)).collect();
+        let inv_freq: Vec<f64> = (0..quarter)
+            .map(|j| 1.0 / theta.powf((2 * j) as f64 / half as f64))
+            .collect();
         let mut angles = Vec::with_capacity(positions.len() * half);
         for &[row, col] in positions {
             angles.extend(inv_freq.iter().map(|f| (row as f64 * f) as f32));
             angles.extend(inv_freq.iter().map(|f| (col as f64 * f) as f32));
         }
         let angles = Tensor::from_vec(angles, (positions.len(), half), device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
     }
 }
 
@@ -269,7 +301,9 @@ pub struct VisionModel {
 impl VisionModel {
     /// Loads the tower from `vb` positioned at `visual` (or `model.visual`).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let blocks = (0..cfg.depth).map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
+        let blocks = (0..cfg.depth)
+            .map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<_>>()?;
         Ok(Self {
             patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
             blocks,
@@ -292,22 +326,38 @@ impl VisionModel {
                 cfg.patch_dim()
             );
         }
-        if inputs.grid_thw.iter().any(|g| g[1] % cfg.spatial_merge_size != 0 || g[2] % cfg.spatial_merge_size != 0) {
-            candle_core::bail!("grid_thw {:?}: rows and columns must be multiples of {}", inputs.grid_thw, cfg.spatial_merge_size);
+        if inputs.grid_thw.iter().any(|g| {
+            !g[1].is_multiple_of(cfg.spatial_merge_size)
+                || !g[2].is_multiple_of(cfg.spatial_merge_size)
+        }) {
+            candle_core::bail!(
+                "grid_thw {:?}: rows and columns must be multiples of {}",
+                inputs.grid_thw,
+                cfg.spatial_merge_size
+            );
         }
         let device = inputs.pixel_values.device();
         let (win_index, cu_window) = window_index(&inputs.grid_thw, cfg);
         let cu_full = image_seqlens(&inputs.grid_thw);
         // Patch-level permutation into window order.
-        let patch_order: Vec<u32> =
-            win_index.iter().flat_map(|&w| (0..unit as u32).map(move |k| w * unit as u32 + k)).collect();
+        let patch_order: Vec<u32> = win_index
+            .iter()
+            .flat_map(|&w| (0..unit as u32).map(move |k| w * unit as u32 + k))
+            .collect();
         let positions = vision_position_ids(&inputs.grid_thw, cfg.spatial_merge_size);
         let positions: Vec<[u32; 2]> = patch_order.iter().map(|&i| positions[i as usize]).collect();
         let rope = VisionRope::new(cfg, &positions, device)?;
         let patch_order = Tensor::from_vec(patch_order, expected, device)?;
-        let mut xs = self.patch_embed.forward(&inputs.pixel_values)?.index_select(&patch_order, 0)?;
+        let mut xs = self
+            .patch_embed
+            .forward(&inputs.pixel_values)?
+            .index_select(&patch_order, 0)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let cu = if cfg.fullatt_block_indexes.contains(&i) { &cu_full } else { &cu_window };
+            let cu = if cfg.fullatt_block_indexes.contains(&i) {
+                &cu_full
+            } else {
+                &cu_window
+            };
             xs = block.forward(&xs, cu, &rope)?;
         }
         let merged = self.merger.forward(&xs)?;

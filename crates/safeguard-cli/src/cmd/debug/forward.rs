@@ -1,11 +1,177 @@
-//! `safeguard debug forward` (issue #4). Not implemented yet: the command exists so that the
-//! command surface is stable, and it fails with a clear message.
+//! `safeguard debug forward`: one forward pass of a Qwen2.5-VL checkpoint on explicit token
+//! ids and images, dumping the last-position logits and the image embeddings for comparison
+//! with the Python reference.
+//!
+//! `--input-ids` is a comma list of token ids in which the word `<image>` stands for a whole
+//! vision block (`<|vision_start|>`, `<|image_pad|>` × N, `<|vision_end|>`, N from the image's
+//! grid); the k-th `<image>` takes the k-th `--image`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct ForwardArgs {}
+use anyhow::Context;
+use safeguard_engine::candle_core::{DType, Tensor};
+use safeguard_engine::hub::{resolve_model, HubOptions};
+use safeguard_engine::tokenizer::expand_id_list;
+use safeguard_engine::weights::parse_dtype;
+use safeguard_engine::{load_model, LoadOptions};
+use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
+use safeguard_vision::{decode_image, preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
 
-pub fn run(_args: ForwardArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`safeguard debug forward` is not implemented yet (issue #4)")
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// Model directory (config.json, *.safetensors) or a Hugging Face id such as
+    /// Qwen/Qwen2.5-VL-7B-Instruct (resolved through the hf-hub cache).
+    #[arg(long, env = "SAFEGUARD_MODEL")]
+    model: String,
+    /// An image file; repeat for several images (the k-th `<image>` takes the k-th one).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// Comma list of token ids; the word `<image>` stands for a vision block, e.g.
+    /// "151644,<image>,872".
+    #[arg(long, allow_hyphen_values = true)]
+    input_ids: String,
+    /// Smallest image area after resizing, in pixels [default: the model's, else 3136].
+    #[arg(long, env = "SAFEGUARD_MIN_PIXELS")]
+    min_pixels: Option<usize>,
+    /// Largest image area after resizing, in pixels [default: the model's, else 1003520].
+    #[arg(long, env = "SAFEGUARD_MAX_PIXELS")]
+    max_pixels: Option<usize>,
+    /// Weight dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", env = "SAFEGUARD_DTYPE")]
+    dtype: String,
+    /// A PEFT LoRA adapter directory to merge into the weights.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Output directory; receives `logits.npy` (f32, [vocab], last position) and
+    /// `image_embeds.npy` (f32, [N, hidden], all images in order). Created if missing.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Validated options: everything resolved before the model is loaded.
+struct ForwardOptions {
+    model_dir: PathBuf,
+    images: Vec<PathBuf>,
+    input_ids: String,
+    preprocess: PreprocessConfig,
+    load: LoadOptions,
+    out: PathBuf,
+}
+
+impl ForwardArgs {
+    fn validate(self) -> anyhow::Result<ForwardOptions> {
+        let model_dir = resolve_model(&self.model, &HubOptions::default())?;
+        let mut preprocess = PreprocessConfig::from_model_dir(&model_dir).with_context(|| {
+            format!("reading the preprocessor config of {}", model_dir.display())
+        })?;
+        if let Some(min) = self.min_pixels {
+            preprocess.min_pixels = min;
+        }
+        if let Some(max) = self.max_pixels {
+            preprocess.max_pixels = max;
+        }
+        preprocess
+            .validate()
+            .context("check --min-pixels and --max-pixels")?;
+        let dtype = parse_dtype(&self.dtype).context("--dtype")?;
+        Ok(ForwardOptions {
+            model_dir,
+            images: self.image,
+            input_ids: self.input_ids,
+            preprocess,
+            load: LoadOptions {
+                dtype,
+                lora: self.lora,
+                ..LoadOptions::default()
+            },
+            out: self.out,
+        })
+    }
+}
+
+fn load_image(path: &PathBuf, cfg: &PreprocessConfig) -> anyhow::Result<Preprocessed> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let image = decode_image(&bytes, &DecodeLimits::default())
+        .with_context(|| format!("cannot decode {}", path.display()))?;
+    preprocess(&image, cfg).with_context(|| format!("cannot preprocess {}", path.display()))
+}
+
+pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.validate()?;
+    let loaded = load_model(&opts.model_dir, &opts.load)?;
+    let cfg = &loaded.config;
+    let vision = &cfg.vision_config;
+    if opts.preprocess.patch_dim() != vision.patch_dim() {
+        anyhow::bail!(
+            "preprocessor_config.json gives {} values per patch but the model expects {}",
+            opts.preprocess.patch_dim(),
+            vision.patch_dim()
+        );
+    }
+    let images = opts
+        .images
+        .iter()
+        .map(|p| load_image(p, &opts.preprocess))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
+    let tokens: Vec<usize> = images
+        .iter()
+        .map(|i| i.num_image_tokens(vision.spatial_merge_size))
+        .collect();
+    let special = (
+        cfg.vision_start_token_id,
+        cfg.image_token_id,
+        cfg.vision_end_token_id,
+    );
+    let ids = expand_id_list(&opts.input_ids, &tokens, special)?;
+    let hidden = cfg.text_config.hidden_size;
+    let embeds = if images.is_empty() {
+        None
+    } else {
+        let pixels: Vec<f32> = images
+            .iter()
+            .flat_map(|i| i.pixel_values.iter().copied())
+            .collect();
+        let rows = pixels.len() / vision.patch_dim();
+        let pixel_values = Tensor::from_vec(pixels, (rows, vision.patch_dim()), &opts.load.device)?;
+        Some(loaded.model.embed_images(&VisionInputs {
+            pixel_values,
+            grid_thw: grids.clone(),
+        })?)
+    };
+    let prompt = Prompt {
+        input_ids: &ids,
+        grids: &grids,
+        image_embeds: embeds.as_ref(),
+    };
+    let logits = loaded
+        .model
+        .forward(&prompt, &mut KvCache::new(), Logits::Last)?;
+
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let logits_path = opts.out.join("logits.npy");
+    logits
+        .to_dtype(DType::F32)?
+        .write_npy(&logits_path)
+        .with_context(|| format!("cannot write {}", logits_path.display()))?;
+    let embeds_path = opts.out.join("image_embeds.npy");
+    let embeds = match embeds {
+        Some(e) => e.to_dtype(DType::F32)?,
+        None => Tensor::zeros((0, hidden), DType::F32, &opts.load.device)?,
+    };
+    embeds
+        .write_npy(&embeds_path)
+        .with_context(|| format!("cannot write {}", embeds_path.display()))?;
+    eprintln!(
+        "{} tokens ({} image tokens from {} images, grids {:?}); wrote {} and {}",
+        ids.len(),
+        tokens.iter().sum::<usize>(),
+        images.len(),
+        grids,
+        logits_path.display(),
+        embeds_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
