@@ -2,9 +2,9 @@
 
 use std::io::Cursor;
 
-use image::error::{ImageError, LimitErrorKind};
+use image::error::{DecodingError, ImageError, ImageFormatHint, LimitErrorKind};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, RgbaImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
 
 use crate::VisionError;
 
@@ -71,6 +71,15 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
         .map_err(|e| VisionError::Unsupported(ImageError::IoError(e)))?;
     let format = reader.format().ok_or(VisionError::UnknownFormat)?;
     let format_name = format!("{format:?}");
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(VisionError::Malformed {
+            format: format_name,
+            source: ImageError::Decoding(DecodingError::new(
+                ImageFormatHint::Exact(ImageFormat::Jpeg),
+                "truncated: no end-of-image marker after the scan data",
+            )),
+        });
+    }
 
     // Header first, with only the allocation limit: dimensions are checked by us below, so that
     // the error can name them.
@@ -150,8 +159,36 @@ fn map_image_error(err: ImageError, format: &str, limits: &DecodeLimits) -> Visi
     }
 }
 
+/// Whether a JPEG stream has an end-of-image marker after its first scan.
+///
+/// The JPEG decoder fills a truncated scan with grey instead of failing; PIL (the reference)
+/// refuses such files ("image file is truncated"), and so do we. Walks the marker segments up to
+/// the first start-of-scan, then looks for `FF D9` in the entropy-coded data (where byte
+/// stuffing keeps `FF` from being followed by anything but `00` or a marker), so that an EXIF
+/// thumbnail's own end marker does not count.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(0xFF), Some(0xDA)) => {
+                return bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]);
+            }
+            (Some(0xFF), Some(0x01 | 0xD0..=0xD7)) => i += 2,
+            (Some(0xFF), Some(_)) => match (bytes.get(i + 2), bytes.get(i + 3)) {
+                (Some(&hi), Some(&lo)) => i += 2 + usize::from(u16::from_be_bytes([hi, lo])),
+                _ => return false,
+            },
+            _ => return false,
+        }
+    }
+}
+
 /// Converts any decoded image to 8-bit RGB, compositing transparency onto opaque white.
 fn flatten_on_white(image: DynamicImage) -> RgbImage {
+    let image = high_byte_of_16_bit(image);
     if !image.color().has_alpha() {
         return match image {
             DynamicImage::ImageRgb8(rgb) => rgb,
@@ -171,6 +208,29 @@ fn flatten_on_white(image: DynamicImage) -> RgbImage {
         }
     }
     RgbImage::from_raw(width, height, out).expect("buffer length is width * height * 3")
+}
+
+/// Reduces 16-bit samples to 8 bits by keeping the high byte, as PIL does when it opens a
+/// 16-bit RGB(A) PNG (the `image` crate would round instead, which moves a third of the samples
+/// by one level). 16-bit grayscale gets the same treatment; PIL would clip it to 255 instead,
+/// which we do not copy (see docs/vision.md).
+fn high_byte_of_16_bit(image: DynamicImage) -> DynamicImage {
+    fn shift<P, Q>(src: &image::ImageBuffer<P, Vec<u16>>) -> image::ImageBuffer<Q, Vec<u8>>
+    where
+        P: image::Pixel<Subpixel = u16>,
+        Q: image::Pixel<Subpixel = u8>,
+    {
+        let data = src.as_raw().iter().map(|&v| (v >> 8) as u8).collect();
+        image::ImageBuffer::from_raw(src.width(), src.height(), data)
+            .expect("same dimensions and channel count")
+    }
+    match image {
+        DynamicImage::ImageRgb16(b) => DynamicImage::ImageRgb8(shift(&b)),
+        DynamicImage::ImageRgba16(b) => DynamicImage::ImageRgba8(shift(&b)),
+        DynamicImage::ImageLuma16(b) => DynamicImage::ImageLuma8(shift(&b)),
+        DynamicImage::ImageLumaA16(b) => DynamicImage::ImageLumaA8(shift(&b)),
+        other => other,
+    }
 }
 
 /// One channel of PIL's `alpha_composite(white, src)` (`libImaging/AlphaComposite.c`), in the

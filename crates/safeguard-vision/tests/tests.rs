@@ -1,1 +1,7 @@
+//! Integration tests of `safeguard-vision` (one test binary; see STYLE.md).
 
+mod common;
+mod config;
+mod decode;
+mod parity;
+mod sizes;
