@@ -25,7 +25,7 @@ mod error;
 /// candle dependency.
 pub use candle_core;
 pub use error::EngineError;
-pub use weights::{load_model, LoadOptions, LoadedModel};
+pub use weights::{load_model, LoadOptions, LoadedModel, LoraMode};
 
 /// The device to run on: CUDA device 0 when built with `cuda` and `prefer_gpu`, else the CPU.
 pub fn device(prefer_gpu: bool) -> Result<candle_core::Device, EngineError> {

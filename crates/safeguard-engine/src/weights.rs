@@ -148,8 +148,20 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Where to run.
     pub device: Device,
-    /// A PEFT adapter directory to merge into the weights.
+    /// A PEFT adapter directory to apply.
     pub lora: Option<PathBuf>,
+    /// How to apply `lora`.
+    pub lora_mode: LoraMode,
+}
+
+/// How a LoRA adapter is applied at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoraMode {
+    /// Added into the weights as they are loaded (inference: no extra cost).
+    #[default]
+    Merged,
+    /// Kept as separate `A`/`B` matrices next to the weights (training, adapter switching).
+    Separate,
 }
 
 impl Default for LoadOptions {
@@ -158,6 +170,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             lora: None,
+            lora_mode: LoraMode::Merged,
         }
     }
 }
@@ -205,13 +218,21 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
         reason: "no token embedding (`model.embed_tokens.weight` or `model.language_model.embed_tokens.weight`): not a Qwen2.5-VL checkpoint".into(),
     })?;
     tracing::info!(dir = %dir.display(), ?layout, config_layout = ?config.layout, dtype = ?opts.dtype, "loading Qwen2.5-VL");
+    let adapter = opts
+        .lora
+        .as_deref()
+        .map(|d| load_lora(d, layout))
+        .transpose()?;
     let mut backend: Box<dyn SimpleBackend> = Box::new(st);
-    if let Some(adapter_dir) = &opts.lora {
-        let adapter = load_lora(adapter_dir, layout)?;
-        backend = Box::new(MergedLoraBackend::new(backend, adapter)?);
+    if let (Some(adapter), LoraMode::Merged) = (&adapter, opts.lora_mode) {
+        backend = Box::new(MergedLoraBackend::new(backend, adapter.clone())?);
     }
     let vb = VarBuilder::from_backend(backend, opts.dtype, opts.device.clone());
-    let model = Qwen2_5VlModel::new(&config, layout, vb)?;
+    let mut model = Qwen2_5VlModel::new(&config, layout, vb)?;
+    if let (Some(adapter), LoraMode::Separate) = (&adapter, opts.lora_mode) {
+        let layers = model.attach_lora(adapter)?;
+        tracing::info!(layers, "LoRA adapter attached unmerged");
+    }
     Ok(LoadedModel {
         model,
         config,

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use safeguard_engine::weights::{find_weights, load_config, WeightFiles};
-use safeguard_engine::{load_model, EngineError, LoadOptions};
+use safeguard_engine::{load_model, EngineError, LoadOptions, LoraMode};
+use safeguard_model::lora::{LoraAdapter, LoraConfig};
 use safeguard_model::qwen2_5_vl::{
-    ConfigLayout, KvCache, Logits, Prompt, VisionInputs, WeightLayout,
+    ConfigLayout, KvCache, Logits, Prompt, Qwen2_5VlModel, VisionInputs, WeightLayout,
 };
 
 use crate::common::{fixtures, npy, rel_max_diff};
@@ -153,7 +154,7 @@ fn merged_lora_matches_peft_merge_and_unload() {
     let base = load_model(&dir, &LoadOptions::default()).unwrap().model;
     for case in ["text", "one_image"] {
         let c = read_case(&dir.join("cases").join(case));
-        let run = |m: &safeguard_model::qwen2_5_vl::Qwen2_5VlModel| {
+        let run = |m: &Qwen2_5VlModel| {
             let e = c.pixels.as_ref().map(|p| {
                 m.embed_images(&VisionInputs {
                     pixel_values: p.clone(),
@@ -180,6 +181,61 @@ fn merged_lora_matches_peft_merge_and_unload() {
         // The adapter must actually change the output.
         assert!(rel_max_diff(&run(&base), &expected) > 1e-2);
     }
+}
+
+#[test]
+fn separate_lora_matches_peft_and_detaches_back_to_the_base() {
+    let dir = fixtures().join("tiny-a");
+    let opts = LoadOptions {
+        lora: Some(dir.join("lora")),
+        lora_mode: LoraMode::Separate,
+        ..Default::default()
+    };
+    let mut model = load_model(&dir, &opts).unwrap().model;
+    let c = read_case(&dir.join("cases").join("one_image"));
+    let run = |m: &Qwen2_5VlModel| {
+        let inputs = VisionInputs {
+            pixel_values: c.pixels.clone().unwrap(),
+            grid_thw: c.grids.clone(),
+        };
+        let e = m.embed_images(&inputs).unwrap();
+        let prompt = Prompt {
+            input_ids: &c.ids,
+            grids: &c.grids,
+            image_embeds: Some(&e),
+        };
+        m.forward(&prompt, &mut KvCache::new(), Logits::Last)
+            .unwrap()
+    };
+    let merged = npy(dir.join("lora/cases/one_image/logits_merged.npy"));
+    let d = rel_max_diff(&run(&model), &merged);
+    eprintln!("separate lora/one_image: logits rel max diff {d:.2e}");
+    assert!(d <= 1e-4, "{d}");
+    model.detach_lora();
+    let d = rel_max_diff(&run(&model), &npy(dir.join("cases/one_image/logits.npy")));
+    assert!(d <= 1e-4, "after detach: {d}");
+}
+
+#[test]
+fn separate_lora_on_a_non_projection_is_rejected() {
+    let dir = fixtures().join("tiny-a");
+    let mut model = load_model(&dir, &LoadOptions::default()).unwrap().model;
+    let cfg = r#"{"r": 2, "lora_alpha": 4, "target_modules": ["lm_head"]}"#;
+    let cfg = LoraConfig::from_json_str(cfg).unwrap();
+    let zeros = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+    let tensors = HashMap::from([
+        (
+            "base_model.model.lm_head.lora_A.weight".to_string(),
+            zeros((2, 64)),
+        ),
+        (
+            "base_model.model.lm_head.lora_B.weight".to_string(),
+            zeros((512, 2)),
+        ),
+    ]);
+    let adapter = LoraAdapter::new(&cfg, tensors, WeightLayout::Nested).unwrap();
+    let err = model.attach_lora(&adapter).unwrap_err().to_string();
+    assert!(err.contains("lm_head.weight"), "{err}");
 }
 
 #[test]

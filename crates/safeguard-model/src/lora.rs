@@ -10,9 +10,12 @@
 //! - **merged** ([`MergedLoraBackend`]): a `VarBuilder` backend that adds the delta to each
 //!   targeted weight as it is loaded (in f32, then cast to the load dtype); the model code does
 //!   not change and inference costs nothing extra;
-//! - **separate** ([`LoraLinear`]): a linear layer that keeps `W`, `A` and `B` apart and computes
-//!   `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, which is what training needs. The layer exists and is tested, but
-//!   the Qwen2.5-VL layers do not use it yet (not wired: issue #4, item 4, partly done).
+//! - **separate** ([`LoraLinear`], attached with
+//!   [`crate::qwen2_5_vl::Qwen2_5VlModel::attach_lora`]): every projection of the vision blocks
+//!   and decoder layers keeps `W`, `A` and `B` apart and computes `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, which
+//!   is what training needs (`A`/`B` may be `Var`-backed tensors). The merger and `lm_head` are
+//!   plain layers: an adapter targeting them is rejected. Gradients do not flow through the fused
+//!   inference kernels yet (see [`crate::layers`]).
 //!
 //! DoRA, `lora_bias`, `fan_in_fan_out`, `rank_pattern`/`alpha_pattern` and `modules_to_save` are
 //! rejected with a clear error rather than silently ignored.
@@ -21,7 +24,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, Linear};
+use candle_nn::{Init, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::qwen2_5_vl::WeightLayout;
@@ -211,15 +214,6 @@ impl LoraAdapter {
         let b = b.to_device(device)?.to_dtype(DType::F32)?;
         Ok(Some((b.matmul(&a)? * self.scale)?))
     }
-
-    /// The pair for `name` as a separate layer over `base` (see [`LoraLinear`]).
-    pub fn linear(&self, name: &str, base: Linear) -> candle_core::Result<LoraLinear> {
-        let pair = self.pairs.get(name).cloned();
-        Ok(LoraLinear {
-            base,
-            lora: pair.map(|(a, b)| (a, b, self.scale)),
-        })
-    }
 }
 
 /// A `VarBuilder` backend that merges an adapter into the weights it serves.
@@ -282,10 +276,66 @@ impl SimpleBackend for MergedLoraBackend {
 }
 
 /// A linear layer with an optional unmerged LoRA pair: `x·Wᵀ (+ b) + scale·(x·Aᵀ)·Bᵀ`.
+///
+/// It remembers the checkpoint name of its weight so that [`LoraLinear::attach`] can find its
+/// pair in a [`LoraAdapter`]. Without a pair it is exactly a `candle_nn::Linear`.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
     base: Linear,
+    name: String,
     lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl LoraLinear {
+    /// Loads `weight` `[out, in]` (and `bias` `[out]` when `bias`) from `vb`.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        let base = if bias {
+            candle_nn::linear(in_dim, out_dim, vb)?
+        } else {
+            candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+        };
+        Ok(Self {
+            base,
+            name,
+            lora: None,
+        })
+    }
+
+    /// Checkpoint name of the weight (`…q_proj.weight`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes this layer's pair from `adapter`, if it has one; returns whether it did. Fails if
+    /// the pair's shapes do not fit the weight.
+    pub fn attach(&mut self, adapter: &LoraAdapter) -> candle_core::Result<bool> {
+        let Some((a, b)) = adapter.pairs.get(&self.name) else {
+            return Ok(false);
+        };
+        let (out_dim, in_dim) = self.base.weight().dims2()?;
+        if a.dim(1)? != in_dim || b.dim(0)? != out_dim {
+            candle_core::bail!(
+                "LoRA pair for {} is A {:?}, B {:?} but the weight is [{out_dim}, {in_dim}]",
+                self.name,
+                a.shape(),
+                b.shape()
+            );
+        }
+        let device = self.base.weight().device();
+        self.lora = Some((a.to_device(device)?, b.to_device(device)?, adapter.scale));
+        Ok(true)
+    }
+
+    /// Removes the pair (back to the plain base layer).
+    pub fn detach(&mut self) {
+        self.lora = None;
+    }
 }
 
 impl Module for LoraLinear {
@@ -334,6 +384,7 @@ mod tests {
         let x = Tensor::new(&[[0.3f32, 0.7], [-1.0, 2.0]], &dev).unwrap();
         let sep = LoraLinear {
             base: Linear::new(w.clone(), None),
+            name: "w".into(),
             lora: Some((a.clone(), b.clone(), 2.0)),
         };
         let merged = Linear::new((w + (b.matmul(&a).unwrap() * 2.0).unwrap()).unwrap(), None);
@@ -344,6 +395,7 @@ mod tests {
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
         let plain = LoraLinear {
             base: Linear::new(Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), None),
+            name: "w".into(),
             lora: None,
         };
         assert_eq!(

@@ -28,6 +28,7 @@ pub use rope_index::{rope_index, RopeIndex};
 pub use text::{KvCache, MRope, TextModel};
 pub use vision::{VisionInputs, VisionModel};
 
+use crate::lora::{LoraAdapter, LoraLinear};
 use crate::ModelError;
 
 /// Tensor names of a checkpoint. Both are found on the hub; the loader picks one with
@@ -121,6 +122,38 @@ impl Qwen2_5VlModel {
             lm_head,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Attaches a LoRA adapter unmerged (training, or switching adapters without reloading):
+    /// every targeted projection of the vision blocks and decoder layers gets its pair. Fails,
+    /// naming it, if a target is not such a projection (e.g. the merger or `lm_head`) or does
+    /// not fit its shape. Returns the number of layers that got a pair.
+    pub fn attach_lora(&mut self, adapter: &LoraAdapter) -> Result<usize, ModelError> {
+        let mut attached = std::collections::HashSet::new();
+        for linear in self.visual.linears_mut().chain(self.text.linears_mut()) {
+            if linear.attach(adapter)? {
+                attached.insert(linear.name().to_string());
+            }
+        }
+        let mut missing: Vec<&str> = adapter
+            .targets()
+            .filter(|t| !attached.contains(*t))
+            .collect();
+        missing.sort_unstable();
+        if let Some(first) = missing.first() {
+            return Err(ModelError::Lora {
+                reason: format!("targets `{first}` ({} unmatched in all), which is not a LoRA-capable projection", missing.len()),
+            });
+        }
+        Ok(attached.len())
+    }
+
+    /// Removes any attached LoRA pairs.
+    pub fn detach_lora(&mut self) {
+        self.visual
+            .linears_mut()
+            .chain(self.text.linears_mut())
+            .for_each(LoraLinear::detach);
     }
 
     /// The configuration.

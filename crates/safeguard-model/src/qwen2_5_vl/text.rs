@@ -11,10 +11,11 @@
 //! what a shared-prefix cache needs.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, linear, linear_no_bias, Activation, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 
 use super::config::TextConfig;
 use crate::layers::{apply_rope, attention, causal_mask, repeat_kv, RmsNorm};
+use crate::lora::LoraLinear;
 
 /// Keys and values of every layer for the tokens seen so far.
 #[derive(Debug, Clone, Default)]
@@ -100,9 +101,9 @@ impl MRope {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
     act: Activation,
 }
 
@@ -110,9 +111,9 @@ impl Mlp {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: LoraLinear::new(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: LoraLinear::new(h, i, false, vb.pp("up_proj"))?,
+            down_proj: LoraLinear::new(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
         })
     }
@@ -127,10 +128,10 @@ impl Module for Mlp {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    o_proj: LoraLinear,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -141,10 +142,10 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
-            q_proj: linear(h, nh * d, vb.pp("q_proj"))?,
-            k_proj: linear(h, nkv * d, vb.pp("k_proj"))?,
-            v_proj: linear(h, nkv * d, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(nh * d, h, vb.pp("o_proj"))?,
+            q_proj: LoraLinear::new(h, nh * d, true, vb.pp("q_proj"))?,
+            k_proj: LoraLinear::new(h, nkv * d, true, vb.pp("k_proj"))?,
+            v_proj: LoraLinear::new(h, nkv * d, true, vb.pp("v_proj"))?,
+            o_proj: LoraLinear::new(nh * d, h, false, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
@@ -193,6 +194,19 @@ impl DecoderLayer {
                 vb.pp("post_attention_layernorm"),
             )?,
         })
+    }
+
+    fn linears_mut(&mut self) -> [&mut LoraLinear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
     }
 
     fn forward(&self, xs: &Tensor, step: &mut Step<'_>, layer: usize) -> Result<Tensor> {
@@ -269,6 +283,11 @@ impl TextModel {
             xs = layer.forward(&xs, &mut step, i)?;
         }
         self.norm.forward(&xs)
+    }
+
+    /// The LoRA-capable projections of every layer (q/k/v/o, gate/up/down).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.layers.iter_mut().flat_map(DecoderLayer::linears_mut)
     }
 
     /// dtype of the weights.

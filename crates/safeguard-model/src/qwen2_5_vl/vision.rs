@@ -16,6 +16,7 @@ use candle_nn::{linear, Activation, Linear, VarBuilder};
 
 use super::config::VisionConfig;
 use crate::layers::{apply_rope, attention, RmsNorm};
+use crate::lora::LoraLinear;
 
 /// Pixel input of the vision tower: all images' patches concatenated, in the processor's
 /// order (each image's patches grouped by 2 × 2 merge block).
@@ -129,9 +130,9 @@ impl Module for PatchEmbed {
 /// SwiGLU MLP with biases (`gate_proj`, `up_proj`, `down_proj`).
 #[derive(Debug, Clone)]
 struct VisionMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
     act: Activation,
 }
 
@@ -139,9 +140,9 @@ impl VisionMlp {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(h, i, vb.pp("gate_proj"))?,
-            up_proj: linear(h, i, vb.pp("up_proj"))?,
-            down_proj: linear(i, h, vb.pp("down_proj"))?,
+            gate_proj: LoraLinear::new(h, i, true, vb.pp("gate_proj"))?,
+            up_proj: LoraLinear::new(h, i, true, vb.pp("up_proj"))?,
+            down_proj: LoraLinear::new(i, h, true, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
         })
     }
@@ -157,8 +158,8 @@ impl Module for VisionMlp {
 /// Multi-head self-attention over segments given by cumulative lengths (windows or images).
 #[derive(Debug, Clone)]
 struct VisionAttention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: LoraLinear,
+    proj: LoraLinear,
     num_heads: usize,
 }
 
@@ -166,8 +167,8 @@ impl VisionAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: linear(h, 3 * h, vb.pp("qkv"))?,
-            proj: linear(h, h, vb.pp("proj"))?,
+            qkv: LoraLinear::new(h, 3 * h, true, vb.pp("qkv"))?,
+            proj: LoraLinear::new(h, h, true, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
         })
     }
@@ -219,6 +220,17 @@ impl VisionBlock {
             attn: VisionAttention::new(cfg, vb.pp("attn"))?,
             mlp: VisionMlp::new(cfg, vb.pp("mlp"))?,
         })
+    }
+
+    fn linears_mut(&mut self) -> [&mut LoraLinear; 5] {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        [
+            &mut a.qkv,
+            &mut a.proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
     }
 
     fn forward(&self, xs: &Tensor, cu_seqlens: &[usize], rope: &VisionRope) -> Result<Tensor> {
@@ -367,6 +379,11 @@ impl VisionModel {
         }
         let reverse = Tensor::from_vec(reverse, win_index.len(), device)?;
         merged.index_select(&reverse, 0)
+    }
+
+    /// The LoRA-capable projections of every block (attention `qkv`/`proj`, MLP).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.blocks.iter_mut().flat_map(VisionBlock::linears_mut)
     }
 
     /// Merged tokens (= `<|image_pad|>` count) an image of this grid produces.
