@@ -4,3 +4,4 @@ mod cli_common;
 mod forward;
 mod metrics_cmd;
 mod policy_cmd;
+mod preprocess;
