@@ -1,5 +1,6 @@
 //! Integration tests for the `safeguard` binary.
 
+mod check_cmd;
 mod cli_common;
 mod forward;
 mod metrics_cmd;

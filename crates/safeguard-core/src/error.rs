@@ -122,6 +122,20 @@ pub enum Error {
     /// A predictions file without any row.
     #[error("no prediction rows found")]
     NoPredictions,
+    /// An image that cannot be used (unreadable, too large, corrupt).
+    #[error("invalid image: {message}")]
+    InvalidImage {
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A backend failed to produce a judgement.
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An unknown value for a command-line or configuration choice.
     #[error("unknown {what} {value:?}; expected one of: {expected}")]
     UnknownChoice {

@@ -8,12 +8,15 @@
 //!   LlavaGuard JSON, Llama Guard, ShieldGemma), returning a [`Verdict`] or a typed
 //!   [`NoVerdict`] — never a silent default.
 //! - [`reward`]: the [`Reward`] trait, the paper's GRPO reward and a 0/1 accuracy reward.
+//! - [`guard`]: the [`Guard`] trait every backend implements, and the [`Judgement`] it
+//!   returns (safe, unsafe or *unassessed*).
 //! - [`metrics`]: confusion counts, P/R/F1, the benchmark score, macro and pooled metrics,
 //!   ROC-AUC and bootstrap intervals, over [`predictions`] rows.
 //!
 //! This crate has no model code and no network: it is safe to use from any tool.
 
 pub mod error;
+pub mod guard;
 pub mod metrics;
 pub mod policy;
 pub mod predictions;
@@ -22,6 +25,7 @@ pub mod reward;
 pub mod verdict;
 
 pub use error::{Error, Result};
+pub use guard::{Assessment, Guard, GuardRequest, Judgement};
 pub use policy::{Policy, Rule, Stance};
 pub use prompt::Format;
 pub use reward::Reward;

@@ -1,5 +1,6 @@
 //! Subcommands. Each module owns its clap arguments and a `run` function.
 
+mod check;
 mod debug;
 mod metrics;
 mod policy;
@@ -18,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check images against a policy: safe, unsafe or unassessed, with the rules hit.
+    Check(check::CheckArgs),
     /// List, show and render safety policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -31,6 +34,7 @@ enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Check(args) => check::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Metrics(args) => metrics::run(args),
         Command::Debug(cmd) => debug::run(cmd),

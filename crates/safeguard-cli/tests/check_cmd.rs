@@ -1,0 +1,167 @@
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::cli_common::{fails, ok, safeguard};
+
+fn examples() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples"))
+}
+
+fn images() -> String {
+    examples().join("images").to_str().unwrap().to_string()
+}
+
+fn no_nudity() -> String {
+    examples()
+        .join("policies/no-nudity.md")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn example_photos_are_safe_under_a_nudity_policy() {
+    let out = ok(&["check", &images(), "--policy", &no_nudity()]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" safe ")).count(),
+        3,
+        "{out}"
+    );
+    let rows = json_lines(&ok(&[
+        "check",
+        &images(),
+        "--policy",
+        &no_nudity(),
+        "--json",
+    ]));
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row["verdict"], "safe", "{row}");
+        assert_eq!(row["backend"], "lite");
+        assert_eq!(row["policy"], "no-nudity");
+        assert_eq!(row["policy_hash"].as_str().unwrap().len(), 64);
+        let p = row["p_unsafe"].as_f64().unwrap();
+        assert!((0.0..0.1).contains(&p), "{row}");
+        assert!(row["rules_hit"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn rules_the_lite_backend_cannot_judge_leave_images_unassessed() {
+    let image = examples().join("images/chelsea.jpg");
+    let out = ok(&["check", image.to_str().unwrap(), "--policy", "L3"]);
+    assert!(out.contains("unassessed"), "{out}");
+    assert!(
+        out.contains("note:") && out.contains("violence-graphic"),
+        "{out}"
+    );
+    let rows = json_lines(&ok(&[
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--json",
+    ]));
+    assert_eq!(rows[0]["verdict"], "unassessed");
+    assert!(rows[0]["p_unsafe"].is_null());
+}
+
+#[test]
+fn fail_on_unsafe_exits_1() {
+    // At threshold 0 every nudity rule is hit, so every image is unsafe.
+    let image = examples().join("images/coffee.jpg");
+    let args = [
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        &no_nudity(),
+        "--threshold",
+        "0",
+    ];
+    let out = ok(&args);
+    assert!(
+        out.contains("unsafe") && out.contains("nudity, sexual"),
+        "{out}"
+    );
+    let mut with_flag = args.to_vec();
+    with_flag.push("--fail-on-unsafe");
+    assert_eq!(safeguard(&with_flag).status.code(), Some(1));
+}
+
+#[test]
+fn a_corrupt_image_is_reported_and_the_others_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples().join("images/chelsea.jpg"),
+        dir.path().join("a.jpg"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+    let out = safeguard(&[
+        "check",
+        dir.path().to_str().unwrap(),
+        "--policy",
+        &no_nudity(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(rows.len(), 2, "directories yield image files only");
+    assert_eq!(rows[0]["verdict"], "safe");
+    assert!(rows[1]["image"].as_str().unwrap().ends_with("b.png"));
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("invalid image"),
+        "{}",
+        rows[1]
+    );
+}
+
+#[test]
+fn globs_expand_and_missing_inputs_fail() {
+    let pattern = format!("{}/c*.jpg", images());
+    let rows = json_lines(&ok(&[
+        "check",
+        &pattern,
+        "--policy",
+        &no_nudity(),
+        "--json",
+    ]));
+    assert_eq!(rows.len(), 2, "chelsea and coffee");
+    let err = fails(&["check", "/no/such/image.jpg"]);
+    assert!(err.contains("/no/such/image.jpg"), "{err}");
+    let err = fails(&["check", &images(), "--policy", "L9"]);
+    assert!(err.contains("L9"), "{err}");
+    let err = fails(&["check", &images(), "--threshold", "1.5"]);
+    assert!(err.contains("--threshold"), "{err}");
+}
+
+#[test]
+fn oversized_files_are_refused_before_reading() {
+    let image = examples().join("images/coffee.jpg");
+    let out = safeguard(&[
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        &no_nudity(),
+        "--max-image-bytes",
+        "100",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("--max-image-bytes"), "{stdout}");
+}
+
+#[test]
+fn the_local_backend_is_not_silently_replaced() {
+    let err = fails(&["check", &images(), "--model", "some/model"]);
+    assert!(err.contains("issue #5"), "{err}");
+}

@@ -1,0 +1,155 @@
+//! The [`Guard`] trait: what every backend (local VLM, remote endpoint, embedded lite model)
+//! implements, and what the CLI, evaluation harness and server call.
+//!
+//! A guard receives [`GuardRequest`]s (encoded image bytes, a policy, an output format, a
+//! threshold) in batches and returns one [`Judgement`] or one error per request. A judgement
+//! is [`Assessment::Unassessed`] when the backend could not judge every prohibited rule and
+//! found no violation: a guard never answers a silent *safe*.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::policy::{Policy, Stance};
+use crate::prompt::Format;
+use crate::verdict::Verdict;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assessment {
+    /// Judged safe under the policy.
+    Safe,
+    /// Judged unsafe under the policy.
+    Unsafe,
+    /// The backend could not judge the image against the whole policy.
+    Unassessed,
+}
+
+impl Assessment {
+    /// The verdict, when there is one.
+    pub fn verdict(self) -> Option<Verdict> {
+        match self {
+            Assessment::Safe => Some(Verdict::Safe),
+            Assessment::Unsafe => Some(Verdict::Unsafe),
+            Assessment::Unassessed => None,
+        }
+    }
+}
+
+impl From<Verdict> for Assessment {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Safe => Assessment::Safe,
+            Verdict::Unsafe => Assessment::Unsafe,
+        }
+    }
+}
+
+impl fmt::Display for Assessment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Assessment::Safe => "safe",
+            Assessment::Unsafe => "unsafe",
+            Assessment::Unassessed => "unassessed",
+        })
+    }
+}
+
+/// How one rule of the policy fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleStatus {
+    /// The image shows what the rule describes.
+    Hit,
+    /// The image does not show it.
+    Clear,
+    /// The backend cannot judge this rule.
+    Unassessed,
+}
+
+/// One rule's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleResult {
+    /// The rule's id.
+    pub id: String,
+    /// Whether the policy prohibits or allows it.
+    pub stance: Stance,
+    /// What the backend found.
+    pub status: RuleStatus,
+    /// The backend's score for the rule, in [0, 1], when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+/// A guard's answer for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    /// Safe, unsafe or unassessed.
+    pub verdict: Assessment,
+    /// Probability of unsafe, in [0, 1], when the backend scores.
+    pub p_unsafe: Option<f64>,
+    /// Ids of the prohibited rules the image breaks.
+    pub rules_hit: Vec<String>,
+    /// Every rule the backend looked at, with its status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleResult>,
+    /// The model's explanation, in reasoning or JSON mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
+    /// The raw model output, when the backend generates text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<String>,
+    /// What the user should know about how this verdict was reached (e.g. which rules the
+    /// backend could not judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The backend that produced the judgement.
+    pub backend: String,
+    /// Wall time spent on this request, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// One image to check under one policy.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardRequest<'a> {
+    /// The encoded image (JPEG, PNG, …), as received.
+    pub image: &'a [u8],
+    /// The policy to enforce.
+    pub policy: &'a Policy,
+    /// How the model should answer (`verdict` = score mode; `reasoning`/`json` = generate).
+    pub format: Format,
+    /// `p_unsafe` at or above which the image is unsafe.
+    pub threshold: f64,
+}
+
+/// A backend that judges images under policies.
+pub trait Guard: Send + Sync {
+    /// Short name shown in outputs (`lite`, `local`, `remote`).
+    fn name(&self) -> &str;
+
+    /// Judges a batch; the result has one entry per request, in order.
+    fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>>;
+}
+
+/// Whether a rule is about sexual content or nudity, judging by its id, title and
+/// description. Rules about minors are excluded: no image classifier can tell age reliably.
+pub fn is_nudity_rule(id: &str, title: &str, description: &str) -> bool {
+    let text = format!("{id} {title}").to_lowercase();
+    let about_minors = ["minor", "child", "under 18", "underage"]
+        .iter()
+        .any(|w| text.contains(w) || description.to_lowercase().contains(w));
+    let nudity = [
+        "sexual",
+        "nudity",
+        "nude",
+        "explicit",
+        "porn",
+        "erotic",
+        "revealing",
+    ]
+    .iter()
+    .any(|w| text.contains(w));
+    nudity && !about_minors
+}

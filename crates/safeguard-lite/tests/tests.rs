@@ -1,0 +1,4 @@
+//! Integration tests for `safeguard-lite`.
+
+mod evaluate;
+mod parity;
