@@ -192,6 +192,19 @@ fn mismatched_images_and_bad_inputs_are_usage_errors() {
         "debug",
         "forward",
         "--model",
+        model,
+        "--input-ids",
+        "1",
+        "--device",
+        "tpu",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("tpu"), "{err}");
+    let err = fails(&[
+        "debug",
+        "forward",
+        "--model",
         "/no/such/model",
         "--input-ids",
         "1",

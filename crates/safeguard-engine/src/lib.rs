@@ -27,10 +27,45 @@ pub use candle_core;
 pub use error::EngineError;
 pub use weights::{load_model, LoadOptions, LoadedModel, LoraMode};
 
-/// The device to run on: CUDA device 0 when built with `cuda` and `prefer_gpu`, else the CPU.
-pub fn device(prefer_gpu: bool) -> Result<candle_core::Device, EngineError> {
-    if prefer_gpu && candle_core::utils::cuda_is_available() {
-        return Ok(candle_core::Device::new_cuda(0)?);
+/// Parses a device name: `cpu`, `cuda` or `cuda:N`. CUDA needs a build with the `cuda`
+/// feature (`cargo build -p safeguard-cli --features safeguard-engine/cuda`) and a GPU.
+pub fn parse_device(name: &str) -> Result<candle_core::Device, EngineError> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "cpu" {
+        return Ok(candle_core::Device::Cpu);
     }
-    Ok(candle_core::Device::Cpu)
+    let ordinal = match name.as_str() {
+        "cuda" => Some(0),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(ordinal) = ordinal else {
+        return Err(EngineError::Input {
+            reason: format!("unknown device `{name}`: use cpu, cuda or cuda:N"),
+        });
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(EngineError::Input {
+            reason: format!(
+                "device `{name}`: this build has no CUDA support (rebuild with the `cuda` feature \
+                 of safeguard-engine, which needs nvcc)"
+            ),
+        });
+    }
+    Ok(candle_core::Device::new_cuda(ordinal)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn devices_parse_and_cuda_is_refused_without_the_feature() {
+        assert!(super::parse_device("cpu").unwrap().is_cpu());
+        assert!(super::parse_device("tpu").is_err());
+        assert!(super::parse_device("cuda:x").is_err());
+        if !candle_core::utils::cuda_is_available() {
+            let err = super::parse_device("cuda").unwrap_err().to_string();
+            assert!(err.contains("cuda"), "{err}");
+        }
+    }
 }

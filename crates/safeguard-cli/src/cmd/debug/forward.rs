@@ -14,7 +14,7 @@ use safeguard_engine::candle_core::{DType, Tensor};
 use safeguard_engine::hub::{resolve_model, HubOptions};
 use safeguard_engine::tokenizer::expand_id_list;
 use safeguard_engine::weights::parse_dtype;
-use safeguard_engine::{load_model, LoadOptions};
+use safeguard_engine::{load_model, parse_device, LoadOptions};
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
 use safeguard_vision::{decode_image, preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
 
@@ -40,6 +40,10 @@ pub struct ForwardArgs {
     /// Weight dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32", env = "SAFEGUARD_DTYPE")]
     dtype: String,
+    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature of
+    /// safeguard-engine).
+    #[arg(long, default_value = "cpu", env = "SAFEGUARD_DEVICE")]
+    device: String,
     /// A PEFT LoRA adapter directory to merge into the weights.
     #[arg(long)]
     lora: Option<PathBuf>,
@@ -75,6 +79,7 @@ impl ForwardArgs {
             .validate()
             .context("check --min-pixels and --max-pixels")?;
         let dtype = parse_dtype(&self.dtype).context("--dtype")?;
+        let device = parse_device(&self.device).context("--device")?;
         Ok(ForwardOptions {
             model_dir,
             images: self.image,
@@ -82,6 +87,7 @@ impl ForwardArgs {
             preprocess,
             load: LoadOptions {
                 dtype,
+                device,
                 lora: self.lora,
                 ..LoadOptions::default()
             },
