@@ -78,27 +78,23 @@ pub fn patchify(image: &RgbImage, cfg: &PreprocessConfig) -> Preprocessed {
     let lut = normalization_table(cfg);
     let (grid_h, grid_w) = (height / p, width / p);
     let frame = p * p;
-    let row_len = 3 * t * frame;
-    let mut out = vec![0f32; grid_h * grid_w * row_len];
+    // Written strictly in order, so the buffer is never zero-filled first.
+    let mut out: Vec<f32> = Vec::with_capacity(grid_h * grid_w * 3 * t * frame);
     let src = image.as_raw();
-    let mut rows = out.chunks_exact_mut(row_len);
     for block_y in 0..grid_h / m {
         for block_x in 0..grid_w / m {
             for my in 0..m {
                 for mx in 0..m {
-                    let row = rows.next().expect("one row per patch");
                     let (y0, x0) = ((block_y * m + my) * p, (block_x * m + mx) * p);
-                    for (c, chan) in row.chunks_exact_mut(t * frame).enumerate() {
-                        let (first, rest) = chan.split_at_mut(frame);
+                    for (c, table) in lut.iter().enumerate() {
+                        let first = out.len();
                         for py in 0..p {
-                            let start = ((y0 + py) * width + x0) * 3 + c;
-                            let pixels = src[start..].iter().step_by(3).take(p);
-                            for (dst, &v) in first[py * p..(py + 1) * p].iter_mut().zip(pixels) {
-                                *dst = lut[c][usize::from(v)];
-                            }
+                            let start = ((y0 + py) * width + x0) * 3;
+                            let pixels = &src[start..start + 3 * p];
+                            out.extend(pixels.chunks_exact(3).map(|px| table[usize::from(px[c])]));
                         }
-                        for copy in rest.chunks_exact_mut(frame) {
-                            copy.copy_from_slice(first);
+                        for _ in 1..t {
+                            out.extend_from_within(first..first + frame);
                         }
                     }
                 }
