@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use safeguard_core::guard::{Guard, GuardRequest, Judgement};
-use safeguard_core::{Assessment, Format, Policy, Stance};
+use safeguard_core::{Assessment, Format, Policy};
 use safeguard_lite::LiteGuard;
 use safeguard_vision::DecodeLimits;
 
@@ -70,18 +70,6 @@ pub struct CheckArgs {
     /// Largest accepted image file, in bytes.
     #[arg(long, default_value_t = 64 << 20, env = "SAFEGUARD_MAX_IMAGE_BYTES")]
     pub max_image_bytes: usize,
-}
-
-fn load_policy(args: &CheckArgs) -> anyhow::Result<Policy> {
-    let mut policy = Policy::resolve(&args.policy)
-        .with_context(|| format!("cannot load policy {:?}", args.policy))?;
-    for id in &args.allow {
-        policy.set_stance(id, Stance::Allowed)?;
-    }
-    for id in &args.prohibit {
-        policy.set_stance(id, Stance::Prohibited)?;
-    }
-    Ok(policy)
 }
 
 fn is_image(path: &Path) -> bool {
@@ -183,7 +171,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.threshold) {
         bail!("--threshold must be in [0, 1] (got {})", args.threshold);
     }
-    let policy = load_policy(&args)?;
+    let policy = super::policy::load(&args.policy, &args.allow, &args.prohibit)?;
     let paths = expand(&args.images)?;
     let guard = pick_backend(&args)?;
     let format = match args.mode {

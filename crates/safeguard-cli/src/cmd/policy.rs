@@ -55,16 +55,21 @@ pub struct PolicyArgs {
 impl PolicyArgs {
     /// Resolves the policy and applies the rule switches.
     pub fn load(&self) -> anyhow::Result<Policy> {
-        let mut policy = Policy::resolve(&self.policy)
-            .with_context(|| format!("cannot load policy {:?}", short(&self.policy)))?;
-        for id in &self.allow {
-            policy.set_stance(id, Stance::Allowed)?;
-        }
-        for id in &self.prohibit {
-            policy.set_stance(id, Stance::Prohibited)?;
-        }
-        Ok(policy)
+        load(&self.policy, &self.allow, &self.prohibit)
     }
+}
+
+/// Resolves a policy spec (preset, file or text), then marks rules allowed or prohibited.
+pub fn load(spec: &str, allow: &[String], prohibit: &[String]) -> anyhow::Result<Policy> {
+    let mut policy =
+        Policy::resolve(spec).with_context(|| format!("cannot load policy {:?}", short(spec)))?;
+    for id in allow {
+        policy.set_stance(id, Stance::Allowed)?;
+    }
+    for id in prohibit {
+        policy.set_stance(id, Stance::Prohibited)?;
+    }
+    Ok(policy)
 }
 
 fn short(spec: &str) -> String {
