@@ -3,5 +3,6 @@
 mod common;
 mod config;
 mod decode;
+mod mutated;
 mod parity;
 mod sizes;
