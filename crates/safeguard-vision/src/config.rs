@@ -14,6 +14,10 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
+/// Largest `max_pixels` that [`PreprocessConfig::validate`] accepts: 2^26 pixels (an 8192×8192
+/// image, 342 448 patches, 1.6 GB of `pixel_values`). The checkpoints ship 12 845 056.
+pub const MAX_TARGET_PIXELS: usize = 1 << 26;
+
 /// Parameters of the Qwen2-VL image processor (`Qwen2VLImageProcessor`).
 ///
 /// `Default` is the processor's own default, which is also the bound recommended on the
@@ -167,7 +171,8 @@ impl PreprocessConfig {
         3 * self.temporal_patch_size * self.patch_size * self.patch_size
     }
 
-    /// Checks that the configuration can be used: non-zero sizes, `min_pixels <= max_pixels`,
+    /// Checks that the configuration can be used: non-zero sizes,
+    /// `0 < min_pixels <= max_pixels <= MAX_TARGET_PIXELS`,
     /// non-zero and finite standard deviations.
     pub fn validate(&self) -> Result<(), VisionError> {
         let bad = |msg: String| Err(VisionError::InvalidConfig(msg));
@@ -186,6 +191,12 @@ impl PreprocessConfig {
             return bad(format!(
                 "need 0 < min_pixels <= max_pixels, got min_pixels {} and max_pixels {}",
                 self.min_pixels, self.max_pixels
+            ));
+        }
+        if self.max_pixels > MAX_TARGET_PIXELS {
+            return bad(format!(
+                "max_pixels {} is above the supported {MAX_TARGET_PIXELS}",
+                self.max_pixels
             ));
         }
         if self

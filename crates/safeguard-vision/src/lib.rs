@@ -32,7 +32,7 @@ pub mod npy;
 mod preprocess;
 mod resize;
 
-pub use config::{PreprocessConfig, CLIP_MEAN, CLIP_STD};
+pub use config::{PreprocessConfig, CLIP_MEAN, CLIP_STD, MAX_TARGET_PIXELS};
 pub use decode::{decode_image, DecodeLimits};
 pub use error::VisionError;
 pub use preprocess::{patchify, preprocess, Preprocessed};

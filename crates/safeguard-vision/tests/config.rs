@@ -68,6 +68,7 @@ fn unusable_configs_are_refused() {
     for text in [
         r#"{"min_pixels": 100000, "max_pixels": 5000}"#,
         r#"{"min_pixels": 0}"#,
+        r#"{"max_pixels": 1000000000000}"#,
         r#"{"patch_size": 0}"#,
         r#"{"image_std": [0.2, 0.0, 0.3]}"#,
         r#"{"do_normalize": false}"#,
