@@ -171,9 +171,14 @@ impl Qwen2_5VlModel {
         self.visual.tokens_for_grid(grid)
     }
 
-    /// Runs the vision tower: `[Σ tokens, hidden]`, images in order.
+    /// Runs the vision tower: `[Σ tokens, hidden]`, images in order. The pixels are moved to
+    /// the model's device and dtype.
     pub fn embed_images(&self, inputs: &VisionInputs) -> Result<Tensor, ModelError> {
-        let pixels = inputs.pixel_values.to_dtype(self.visual.dtype())?;
+        let device = self.lm_head.weight().device();
+        let pixels = inputs
+            .pixel_values
+            .to_device(device)?
+            .to_dtype(self.visual.dtype())?;
         Ok(self.visual.forward(&VisionInputs {
             pixel_values: pixels,
             grid_thw: inputs.grid_thw.clone(),
