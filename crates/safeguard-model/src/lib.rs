@@ -3,7 +3,7 @@
 //! - [`qwen2_5_vl`]: Qwen2.5-VL. [`qwen2_5_vl::Config`] parses `config.json` (flat or nested
 //!   layout); [`qwen2_5_vl::Qwen2_5VlModel`] stitches the [`qwen2_5_vl::VisionModel`] and the
 //!   [`qwen2_5_vl::TextModel`] together and runs prompts against a [`qwen2_5_vl::KvCache`];
-//!   [`qwen2_5_vl::rope_index`] computes the multimodal position ids.
+//!   [`qwen2_5_vl::rope_index()`] computes the multimodal position ids.
 //! - [`lora`]: PEFT LoRA adapters, merged into the weights at load time.
 //! - [`layers`]: shared blocks (RMSNorm, attention, RoPE application).
 //!

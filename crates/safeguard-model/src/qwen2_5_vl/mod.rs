@@ -8,7 +8,7 @@
 //! - [`vision`]: the vision tower (patch embedding as a matmul, 2-D RoPE, window attention with
 //!   window/reverse index, full-attention blocks, RMSNorm, SwiGLU, patch merger).
 //! - [`text`]: the decoder (GQA, q/k/v bias, RMSNorm, SwiGLU, M-RoPE, KV cache).
-//! - [`rope_index`]: the multimodal position ids (`get_rope_index`).
+//! - [`mod@rope_index`]: the multimodal position ids (`get_rope_index`).
 //!
 //! [`Qwen2_5VlModel::forward`] takes the **whole** token sequence every time and runs only the
 //! tokens that are not yet in the [`KvCache`]: prefill, decoding and a shared-prefix cache are

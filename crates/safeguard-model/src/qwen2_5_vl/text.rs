@@ -4,7 +4,7 @@
 //! M-RoPE: every token has three position ids (temporal, height, width; equal for text
 //! tokens). The `head_dim / 2` rotary frequencies are split by `mrope_section` (e.g. 16/24/24):
 //! section `k` rotates by the position on axis `k mod 3`. The positions themselves come from
-//! [`super::rope_index`].
+//! [`super::rope_index()`].
 //!
 //! The KV cache ([`KvCache`]) keeps one `(key, value)` pair per layer, keys already rotated,
 //! and grows by concatenation; cloning it is cheap (tensors are reference-counted), which is
