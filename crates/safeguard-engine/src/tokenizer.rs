@@ -216,6 +216,17 @@ impl QwenTokenizer {
             .map_err(|source| self.error(source))
     }
 
+    /// The id of the single token that `word` encodes to (e.g. `unsafe` → 38157), for scoring
+    /// an answer from next-token logits; fails if it takes several tokens.
+    pub fn answer_token(&self, word: &str) -> Result<u32, EngineError> {
+        match self.encode(word)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(EngineError::Input {
+                reason: format!("answer `{word}` is {} tokens, not one: {ids:?}", ids.len()),
+            }),
+        }
+    }
+
     /// The id of one token string, if it is a single token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -183,6 +183,17 @@ fn real_tokenizer_encodes_chat_like_the_reference() {
     ];
     assert_eq!(tok.encode_chat(&messages, true).unwrap(), expected);
     assert_eq!(tok.encode(" unsafe safe").unwrap(), vec![19860, 6092]);
+    assert_eq!(tok.answer_token("unsafe").unwrap(), 38157);
+    assert_eq!(tok.answer_token("safe").unwrap(), 18675);
+    assert!(tok.answer_token("unsafe content").is_err());
     let text = tok.decode(&expected, false).unwrap();
     assert_eq!(text, render_chat(&messages, true));
+}
+
+#[test]
+fn answer_tokens_must_be_single_tokens() {
+    let tok = toy_tokenizer();
+    assert_eq!(tok.answer_token("helpful").unwrap(), 7);
+    let err = tok.answer_token("Is it").unwrap_err().to_string();
+    assert!(err.contains("2 tokens"), "{err}");
 }
