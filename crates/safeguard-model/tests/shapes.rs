@@ -92,6 +92,17 @@ fn inputs_that_do_not_fit_are_errors() {
     assert!(model
         .forward(&prompt, &mut KvCache::new(), Logits::Last)
         .is_err());
+    // Video is not supported: an explicit error, not silent text.
+    let video = [1u32, 61, 2];
+    let p = Prompt {
+        input_ids: &video,
+        grids: &[],
+        image_embeds: None,
+    };
+    let err = model
+        .forward(&p, &mut KvCache::new(), Logits::Last)
+        .unwrap_err();
+    assert!(err.to_string().contains("video"), "{err}");
     // Nothing left to run.
     let mut cache = KvCache::new();
     let text = [1u32, 2];

@@ -203,6 +203,11 @@ impl Qwen2_5VlModel {
                 ),
             });
         }
+        if let Some(i) = ids.iter().position(|&t| t == self.cfg.video_token_id) {
+            return Err(ModelError::Input {
+                reason: format!("token {i} is <|video_pad|>: video input is not supported yet"),
+            });
+        }
         let merge = self.cfg.vision_config.spatial_merge_size;
         let index = rope_index(ids, self.cfg.image_token_id, prompt.grids, merge)?;
         let tail = &ids[cached..];
