@@ -249,3 +249,43 @@ pub(crate) fn composite_on_white(channel: u32, alpha: u32) -> u8 {
     let div255 = ((tmp >> 8) + tmp) >> 8;
     (div255 >> PRECISION_BITS) as u8
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_matches_pil_alpha_composite() {
+        // (channel, alpha, PIL's `alpha_composite(white, src)` result), computed with Pillow 13.
+        let cases = [
+            (0, 0, 255),
+            (0, 1, 254),
+            (0, 128, 127),
+            (0, 254, 1),
+            (0, 255, 0),
+            (200, 77, 238),
+            (13, 200, 65),
+            (255, 3, 255),
+            (128, 128, 191),
+            (90, 250, 93),
+        ];
+        for (channel, alpha, want) in cases {
+            assert_eq!(
+                composite_on_white(channel, alpha),
+                want,
+                "{channel} @ {alpha}"
+            );
+        }
+    }
+
+    #[test]
+    fn jpeg_completeness_ignores_a_thumbnail_end_marker() {
+        // SOI, an APP1 segment whose payload holds FF D9 (like an EXIF thumbnail), then SOS.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02, 0x12, 0x34]);
+        assert!(!jpeg_is_complete(&jpeg));
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(jpeg_is_complete(&jpeg));
+        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
+    }
+}

@@ -144,3 +144,38 @@ fn resize_pass(
         .map_err(VisionError::Resize)?;
     Ok(dst.into_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_order_follows_pillow_13() {
+        // (source, target, vertical first?) as observed by comparing Pillow 13's `resize` with
+        // both explicit pass orders on noise images.
+        let cases = [
+            ((256, 96), (252, 84), true),
+            ((180, 128), (156, 98), false),
+            ((180, 128), (168, 98), true),
+            ((180, 128), (168, 112), false),
+            ((180, 128), (192, 120), true),
+            ((180, 128), (192, 136), false),
+            ((300, 200), (168, 112), false),
+            ((100, 100), (150, 60), true),
+        ];
+        for ((sw, sh), (w, h), want) in cases {
+            assert_eq!(vertical_first(sw, sh, w, h), want, "{sw}x{sh} -> {w}x{h}");
+        }
+    }
+
+    #[test]
+    fn same_size_is_a_copy_and_empty_size_an_error() {
+        let image = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        assert_eq!(resize_bicubic(&image, 5, 3).unwrap(), image);
+        assert!(matches!(
+            resize_bicubic(&image, 0, 3),
+            Err(VisionError::ZeroSize { .. })
+        ));
+        assert_eq!(resize_bicubic(&image, 9, 2).unwrap().dimensions(), (9, 2));
+    }
+}
