@@ -25,6 +25,8 @@
 //! assert_eq!(out.num_image_tokens(2), 391);
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod decode;
 mod error;
