@@ -196,7 +196,8 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
     let files = find_weights(dir)?;
     // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
     // being modified while the model is alive.
-    let st = unsafe { MmapedSafetensors::multi(&files.paths())? };
+    let weights = unsafe { PerTensorMmap::new(&files.paths())? };
+    let st = &weights.all;
     if let WeightFiles::Sharded {
         index, weight_map, ..
     } = &files
@@ -223,7 +224,7 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
         .as_deref()
         .map(|d| load_lora(d, layout))
         .transpose()?;
-    let mut backend: Box<dyn SimpleBackend> = Box::new(st);
+    let mut backend: Box<dyn SimpleBackend> = Box::new(weights);
     if let (Some(adapter), LoraMode::Merged) = (&adapter, opts.lora_mode) {
         backend = Box::new(MergedLoraBackend::new(backend, adapter.clone())?);
     }
@@ -239,6 +240,76 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
         layout,
         dir: dir.to_path_buf(),
     })
+}
+
+/// Memory-mapped safetensors that map a file afresh for each tensor read and unmap it once the
+/// tensor has been copied out.
+///
+/// candle copies every tensor from the map into its own buffer (also when the dtype does not
+/// change). With one long-lived map, the pages a load touches stay in the process's resident
+/// set until the map is dropped, so a load on a machine with free memory peaks at twice the
+/// weights (heap copy + mapped file pages; measured in `docs/model.md`, "Memory"). Mapping per
+/// tensor releases those pages tensor by tensor; they remain in the page cache, reclaimable.
+struct PerTensorMmap {
+    /// Every file mapped once, for tensor lookups and candle's not-found errors; only the
+    /// header pages of this map are ever read.
+    all: MmapedSafetensors,
+    /// Tensor name → the file holding it (the last file, when several hold a name, as in
+    /// [`MmapedSafetensors::multi`]).
+    routing: HashMap<String, PathBuf>,
+}
+
+impl PerTensorMmap {
+    /// Maps `paths` and reads their headers.
+    ///
+    /// # Safety
+    /// As for [`MmapedSafetensors::multi`]: the files must not be modified while mapped.
+    unsafe fn new(paths: &[PathBuf]) -> candle_core::Result<Self> {
+        let all = MmapedSafetensors::multi(paths)?;
+        let mut routing = HashMap::new();
+        for path in paths {
+            let one = MmapedSafetensors::new(path)?;
+            for (name, _) in one.tensors() {
+                routing.insert(name, path.clone());
+            }
+        }
+        Ok(Self { all, routing })
+    }
+
+    /// Runs `f` on a fresh map of the file holding `name` (on `all` when no file does, which
+    /// gives candle's error naming the tensor); the map is dropped when `f` returns.
+    fn with_file<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&MmapedSafetensors) -> candle_core::Result<T>,
+    ) -> candle_core::Result<T> {
+        match self.routing.get(name) {
+            // SAFETY: a file already mapped by `new`, under the same contract.
+            Some(path) => f(&unsafe { MmapedSafetensors::new(path)? }),
+            None => f(&self.all),
+        }
+    }
+}
+
+impl SimpleBackend for PerTensorMmap {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.with_file(name, |st| SimpleBackend::get(st, s, name, h, dtype, dev))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.with_file(name, |st| st.get_unchecked(name, dtype, dev))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
 }
 
 /// Reads a PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) and
@@ -264,4 +335,66 @@ pub(crate) fn read_to_string(path: &Path) -> Result<String, EngineError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Resident KiB of this process's mappings of `path` (from `/proc/self/smaps`).
+    fn mapped_rss_kib(path: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_str().unwrap();
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                if inside {
+                    kib += rss
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap();
+                }
+            } else if line.split_whitespace().count() >= 5
+                && line
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|r| r.contains('-'))
+            {
+                inside = line.ends_with(name);
+            }
+        }
+        kib
+    }
+
+    #[test]
+    fn per_tensor_maps_load_the_right_data_and_leave_no_file_pages_resident() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let n = 1 << 20; // 4 MiB per f32 tensor
+        let a = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+        let b = (a.clone() * -2.0).unwrap();
+        let tensors = HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        // SAFETY: a private temporary file, not modified while mapped.
+        let backend = unsafe { PerTensorMmap::new(std::slice::from_ref(&path)) }.unwrap();
+        assert!(backend.contains_tensor("a") && !backend.contains_tensor("c"));
+        let init = candle_nn::Init::Const(0.);
+        for (name, want) in [("a", &a), ("b", &b)] {
+            let got = backend
+                .get(n.into(), name, init, DType::F32, &Device::Cpu)
+                .unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().sum_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        }
+        let err = backend
+            .get(n.into(), "c", init, DType::F32, &Device::Cpu)
+            .unwrap_err();
+        assert!(err.to_string().contains('c'), "{err}");
+        // 8 MiB of tensor data were read; one long-lived map would keep them resident.
+        let kib = mapped_rss_kib(&path);
+        assert!(kib < 1024, "{kib} KiB of the file still resident");
+    }
 }
