@@ -14,16 +14,8 @@ use crate::EngineError;
 
 /// `<|endoftext|>`.
 pub const ENDOFTEXT: &str = "<|endoftext|>";
-/// `<|im_start|>`.
-pub const IM_START: &str = "<|im_start|>";
-/// `<|im_end|>`.
-pub const IM_END: &str = "<|im_end|>";
-/// `<|vision_start|>`.
-pub const VISION_START: &str = "<|vision_start|>";
-/// `<|vision_end|>`.
-pub const VISION_END: &str = "<|vision_end|>";
-/// `<|image_pad|>`.
-pub const IMAGE_PAD: &str = "<|image_pad|>";
+/// The chat and image markers, shared with the prompts of `safeguard-core`.
+pub use safeguard_core::prompt::{IMAGE_PAD, IM_END, IM_START, VISION_END, VISION_START};
 
 /// Default system prompt of the Qwen2.5-VL chat template.
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
