@@ -16,7 +16,7 @@ use safeguard_engine::tokenizer::expand_id_list;
 use safeguard_engine::weights::parse_dtype;
 use safeguard_engine::{load_model, parse_device, LoadOptions};
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
-use safeguard_vision::{decode_image, preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
+use safeguard_vision::PreprocessConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct ForwardArgs {
@@ -66,18 +66,10 @@ struct ForwardOptions {
 impl ForwardArgs {
     fn validate(self) -> anyhow::Result<ForwardOptions> {
         let model_dir = resolve_model(&self.model, &HubOptions::default())?;
-        let mut preprocess = PreprocessConfig::from_model_dir(&model_dir).with_context(|| {
+        let from_model = PreprocessConfig::from_model_dir(&model_dir).with_context(|| {
             format!("reading the preprocessor config of {}", model_dir.display())
         })?;
-        if let Some(min) = self.min_pixels {
-            preprocess.min_pixels = min;
-        }
-        if let Some(max) = self.max_pixels {
-            preprocess.max_pixels = max;
-        }
-        preprocess
-            .validate()
-            .context("check --min-pixels and --max-pixels")?;
+        let preprocess = super::with_pixel_bounds(from_model, self.min_pixels, self.max_pixels)?;
         let dtype = parse_dtype(&self.dtype).context("--dtype")?;
         let device = parse_device(&self.device).context("--device")?;
         Ok(ForwardOptions {
@@ -96,13 +88,6 @@ impl ForwardArgs {
     }
 }
 
-fn load_image(path: &PathBuf, cfg: &PreprocessConfig) -> anyhow::Result<Preprocessed> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let image = decode_image(&bytes, &DecodeLimits::default())
-        .with_context(|| format!("cannot decode {}", path.display()))?;
-    preprocess(&image, cfg).with_context(|| format!("cannot preprocess {}", path.display()))
-}
-
 pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
     let opts = args.validate()?;
     let loaded = load_model(&opts.model_dir, &opts.load)?;
@@ -118,7 +103,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
     let images = opts
         .images
         .iter()
-        .map(|p| load_image(p, &opts.preprocess))
+        .map(|p| super::load_image(p, &opts.preprocess))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
     let tokens: Vec<usize> = images

@@ -4,9 +4,12 @@
 mod forward;
 mod preprocess;
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Subcommand;
+use safeguard_vision::{decode_image, preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
@@ -23,4 +26,30 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
         DebugCommand::Preprocess(args) => preprocess::run(args),
         DebugCommand::Forward(args) => forward::run(args),
     }
+}
+
+/// Applies `--min-pixels` / `--max-pixels` to a preprocessor config and checks the bounds.
+fn with_pixel_bounds(
+    mut config: PreprocessConfig,
+    min_pixels: Option<usize>,
+    max_pixels: Option<usize>,
+) -> anyhow::Result<PreprocessConfig> {
+    if let Some(min) = min_pixels {
+        config.min_pixels = min;
+    }
+    if let Some(max) = max_pixels {
+        config.max_pixels = max;
+    }
+    config
+        .validate()
+        .context("check --min-pixels and --max-pixels")?;
+    Ok(config)
+}
+
+/// Reads, decodes (default limits) and preprocesses one image file.
+fn load_image(path: &Path, config: &PreprocessConfig) -> anyhow::Result<Preprocessed> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let image = decode_image(&bytes, &DecodeLimits::default())
+        .with_context(|| format!("cannot decode {}", path.display()))?;
+    preprocess(&image, config).with_context(|| format!("cannot preprocess {}", path.display()))
 }

@@ -35,20 +35,12 @@ struct PreprocessOptions {
 
 impl PreprocessArgs {
     fn validate(self) -> anyhow::Result<PreprocessOptions> {
-        let mut config = match &self.model {
+        let config = match &self.model {
             Some(dir) => PreprocessConfig::from_model_dir(dir)
                 .with_context(|| format!("reading the preprocessor config of {}", dir.display()))?,
             None => PreprocessConfig::default(),
         };
-        if let Some(min) = self.min_pixels {
-            config.min_pixels = min;
-        }
-        if let Some(max) = self.max_pixels {
-            config.max_pixels = max;
-        }
-        config
-            .validate()
-            .context("check --min-pixels and --max-pixels")?;
+        let config = super::with_pixel_bounds(config, self.min_pixels, self.max_pixels)?;
         Ok(PreprocessOptions {
             image: self.image,
             config,
