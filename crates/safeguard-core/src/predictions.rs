@@ -68,6 +68,14 @@ fn verdict_field(line: usize, field: &str, value: &str) -> Result<Verdict, Error
     })
 }
 
+fn non_empty(line: usize, field: &str, value: String) -> Result<String, Error> {
+    if value.trim().is_empty() {
+        Err(row_error(line, format!("field \"{field}\" is empty")))
+    } else {
+        Ok(value)
+    }
+}
+
 fn probability_field(line: usize, value: f64) -> Result<f64, Error> {
     if (0.0..=1.0).contains(&value) {
         Ok(value)
@@ -114,8 +122,8 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
             )?),
         };
         rows.push(Prediction {
-            id: text_field("id")?,
-            policy: text_field("policy")?,
+            id: non_empty(line, "id", text_field("id")?)?,
+            policy: non_empty(line, "policy", text_field("policy")?)?,
             label: verdict_field(line, "label", &text_field("label")?)?,
             pred: verdict_field(line, "pred", &text_field("pred")?)?,
             p_unsafe,
@@ -181,8 +189,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
             .map(|v| probability_field(line, v))
             .transpose()?;
         rows.push(Prediction {
-            id: get(id).to_string(),
-            policy: get(policy).to_string(),
+            id: non_empty(line, "id", get(id).to_string())?,
+            policy: non_empty(line, "policy", get(policy).to_string())?,
             label: verdict_field(line, "label", get(label))?,
             pred: verdict_field(line, "pred", get(pred))?,
             p_unsafe: p,

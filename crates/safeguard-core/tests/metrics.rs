@@ -210,6 +210,15 @@ fn bad_rows_name_the_line_and_field() {
     );
     let e = err_text(predictions::parse_jsonl("{\"id\": 1,\n"));
     assert!(e.contains("line 1") && e.contains("invalid JSON"), "{e}");
+    let csv = "id,policy,label,pred\n1,L1,safe,safe\n2,,safe,safe\n";
+    let e = err_text(predictions::parse_csv(csv));
+    assert!(
+        e.contains("line 3") && e.contains("\"policy\" is empty"),
+        "{e}"
+    );
+    let jsonl = "{\"id\":\"\",\"policy\":\"L1\",\"label\":0,\"pred\":1}\n";
+    let e = err_text(predictions::parse_jsonl(jsonl));
+    assert!(e.contains("line 1") && e.contains("\"id\" is empty"), "{e}");
     assert!(matches!(
         predictions::parse_jsonl("\n\n"),
         Err(Error::NoPredictions)
