@@ -100,8 +100,16 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
         .map_err(|e| map_image_error(e, &format_name, limits))?;
     // A broken EXIF block must not make a good image undecodable: fall back to no rotation.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder)
-        .map_err(|e| map_image_error(e, &format_name, limits))?;
+    let decoded_by_libjpeg = if format == ImageFormat::Jpeg {
+        decode_jpeg_like_pil(bytes, (width, height), limits)?
+    } else {
+        None
+    };
+    let mut image = match decoded_by_libjpeg {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder)
+            .map_err(|e| map_image_error(e, &format_name, limits))?,
+    };
     image.apply_orientation(orientation);
     Ok(flatten_on_white(image))
 }
@@ -156,6 +164,132 @@ fn map_image_error(err: ImageError, format: &str, limits: &DecodeLimits) -> Visi
             format: format.to_owned(),
             source: other,
         },
+    }
+}
+
+/// Decodes a YCbCr, RGB or grayscale JPEG to RGB with libjpeg-turbo's decoder (through
+/// `mozjpeg`, whose decoder is libjpeg-turbo's), with the settings PIL uses: the accurate integer
+/// IDCT and "fancy" (triangular) chroma upsampling. zune-jpeg, the `image` crate's decoder,
+/// upsamples subsampled chroma with a different rounding (up to 4 levels apart from PIL).
+///
+/// Returns `Ok(None)` for the colour spaces PIL converts itself (CMYK and YCCK), which are left
+/// to the `image` crate as before. `header` is the size the `image` crate read from the header
+/// and already checked against the limits; libjpeg must agree with it, and its working memory
+/// (the output plus, for a progressive or multi-scan file, the whole coefficient buffer) is
+/// checked against `max_alloc_bytes` before decompression starts.
+///
+/// libjpeg reports errors by calling an error handler that never returns; `mozjpeg`'s unwinds
+/// (`resume_unwind`, so no panic message is printed) through the C code, which is built with
+/// `-fexceptions` for that. The unwind is caught here and becomes a [`VisionError`]; the
+/// decompressor is dropped (`jpeg_destroy_decompress`) on the way out.
+fn decode_jpeg_like_pil(
+    bytes: &[u8],
+    header: (u32, u32),
+    limits: &DecodeLimits,
+) -> Result<Option<RgbImage>, VisionError> {
+    use mozjpeg::{ColorSpace, DctMethod, Decompress};
+
+    let malformed = |message: String| VisionError::Malformed {
+        format: "Jpeg".to_owned(),
+        source: ImageError::Decoding(DecodingError::new(
+            ImageFormatHint::Exact(ImageFormat::Jpeg),
+            message,
+        )),
+    };
+    let multi_scan = jpeg_needs_coefficient_buffer(bytes);
+    let run = || -> Result<Option<RgbImage>, VisionError> {
+        let mut decompress = Decompress::new_mem(bytes).map_err(|e| malformed(e.to_string()))?;
+        match decompress.color_space() {
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB | ColorSpace::JCS_GRAYSCALE => {}
+            _ => return Ok(None),
+        }
+        let (width, height) = decompress.size();
+        if (width as u64, height as u64) != (u64::from(header.0), u64::from(header.1)) {
+            return Err(malformed(format!(
+                "libjpeg reads a {width}x{height} frame, the header parser {}x{}",
+                header.0, header.1
+            )));
+        }
+        let output = width as u64 * height as u64 * 3;
+        let coefficients: u64 = if multi_scan {
+            decompress
+                .components()
+                .iter()
+                .map(|c| {
+                    let rows = u64::from(c.height_in_blocks) + u64::from(c.v_samp_factor as u32);
+                    u64::from(c.width_in_blocks) * rows * 64 * 2
+                })
+                .sum()
+        } else {
+            0
+        };
+        let needed = output + coefficients;
+        if needed > limits.max_alloc_bytes {
+            return Err(VisionError::MemoryLimit {
+                needed,
+                limit: limits.max_alloc_bytes,
+            });
+        }
+        decompress.dct_method(DctMethod::IntegerSlow);
+        decompress.do_fancy_upsampling(true);
+        let mut started = decompress.rgb().map_err(|e| malformed(e.to_string()))?;
+        let pixels: Vec<u8> = started
+            .read_scanlines()
+            .map_err(|e| malformed(e.to_string()))?;
+        started.finish().map_err(|e| malformed(e.to_string()))?;
+        let got = pixels.len();
+        RgbImage::from_raw(header.0, header.1, pixels)
+            .map(Some)
+            .ok_or_else(|| malformed(format!("{got} bytes decoded, {output} expected")))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "libjpeg error".to_owned());
+            Err(malformed(message))
+        }
+    }
+}
+
+/// Whether libjpeg will buffer the whole image's DCT coefficients: for a progressive frame, or
+/// when the first scan does not hold every component (`has_multiple_scans` in `jdinput.c`).
+/// Unknown layouts count as yes, which only makes the memory check stricter.
+fn jpeg_needs_coefficient_buffer(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    let mut frame: Option<(bool, u8)> = None; // (progressive, components)
+    loop {
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(0xFF), Some(0xDA)) => {
+                return match (frame, bytes.get(i + 4)) {
+                    (Some((progressive, components)), Some(&in_scan)) => {
+                        progressive || in_scan < components
+                    }
+                    _ => true,
+                };
+            }
+            (Some(0xFF), Some(0x01 | 0xD0..=0xD7)) => i += 2,
+            (Some(0xFF), Some(&marker)) => {
+                if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+                    let progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
+                    match bytes.get(i + 9) {
+                        Some(&components) => frame = Some((progressive, components)),
+                        None => return true,
+                    }
+                }
+                match (bytes.get(i + 2), bytes.get(i + 3)) {
+                    (Some(&hi), Some(&lo)) => i += 2 + usize::from(u16::from_be_bytes([hi, lo])),
+                    _ => return true,
+                }
+            }
+            _ => return true,
+        }
     }
 }
 

@@ -13,13 +13,6 @@ use crate::common::{fixtures, image_bytes, read_npy_u8};
 const MAX_ABS: f32 = 0.035;
 const MEAN_ABS: f64 = 0.002;
 
-/// Known deviation, documented in docs/vision.md: for chroma-subsampled JPEG (4:2:0 and the
-/// like) our decoder (zune-jpeg) upsamples chroma with an intermediate rounding that
-/// libjpeg-turbo (PIL) does not do, so decoded pixels differ by up to 4 levels before any
-/// resizing. The fixture script flags these cases (`known_deviation`); they get this bound.
-const JPEG_CHROMA_MAX_ABS: f32 = 0.075;
-const JPEG_CHROMA_MEAN_ABS: f64 = 0.008;
-
 fn manifest() -> Value {
     let path = fixtures().join("expected/manifest.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -127,18 +120,18 @@ fn run_case(case: &Value) -> Result<String, String> {
         .map(|(a, b)| (a - b).abs());
     let (max, total) = diffs.fold((0f32, 0f64), |(m, t), d| (m.max(d), t + f64::from(d)));
     let mean = total / reference.len() as f64;
-    let (max_ok, mean_ok) = match case.get("known_deviation").and_then(Value::as_str) {
-        None => (MAX_ABS, MEAN_ABS),
-        Some("jpeg-chroma-upsampling") if name.ends_with(".jpg") => {
-            (JPEG_CHROMA_MAX_ABS, JPEG_CHROMA_MEAN_ABS)
-        }
-        Some(other) => return Err(format!("{name}: unknown deviation {other}")),
-    };
+    // Every case gets the bounds: no per-case exception (JPEG is decoded with
+    // libjpeg-turbo's decoder, as PIL does, see docs/vision.md).
+    if let Some(deviation) = case.get("known_deviation") {
+        return Err(format!(
+            "{name}: the manifest asks for a looser bound ({deviation}), none is allowed"
+        ));
+    }
     let summary = format!(
-        "{name} [{}]: max {max:.5} (bound {max_ok}), mean {mean:.6} (bound {mean_ok})",
+        "{name} [{}]: max {max:.5} (bound {MAX_ABS}), mean {mean:.6} (bound {MEAN_ABS})",
         case["config"]
     );
-    if max <= max_ok && mean <= mean_ok {
+    if max <= MAX_ABS && mean <= MEAN_ABS {
         Ok(summary)
     } else {
         Err(summary)
