@@ -137,9 +137,10 @@ pub trait Guard: Send + Sync {
 /// description. Rules about minors are excluded: no image classifier can tell age reliably.
 pub fn is_nudity_rule(id: &str, title: &str, description: &str) -> bool {
     let text = format!("{id} {title}").to_lowercase();
+    let description = description.to_lowercase();
     let about_minors = ["minor", "child", "under 18", "underage"]
         .iter()
-        .any(|w| text.contains(w) || description.to_lowercase().contains(w));
+        .any(|w| text.contains(w) || description.contains(w));
     let nudity = [
         "sexual",
         "nudity",
