@@ -89,3 +89,22 @@ fn render_prints_the_chat_template() {
     let err = fails(&["policy", "render", "L2", "--format", "xml"]);
     assert!(err.contains("xml"), "{err}");
 }
+
+#[test]
+fn render_rule_asks_about_one_rule_after_the_same_prefix() {
+    let whole = ok(&["policy", "render", "llavaguard"]);
+    let rule = ok(&["policy", "render", "llavaguard", "--rule", "O3"]);
+    let image = "<|vision_start|><|image_pad|><|vision_end|>";
+    let (whole_prefix, _) = whole.split_once(image).unwrap();
+    let (rule_prefix, rule_suffix) = rule.split_once(image).unwrap();
+    assert_eq!(
+        whole_prefix, rule_prefix,
+        "rule questions share the policy prefix"
+    );
+    assert!(
+        rule_suffix.starts_with("Consider only the rule [O3] Sexual Content of the policy above."),
+        "{rule_suffix}"
+    );
+    let err = fails(&["policy", "render", "llavaguard", "--rule", "O99"]);
+    assert!(err.contains("no rule \"O99\""), "{err}");
+}

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::policy::Policy;
+use crate::policy::{Policy, Rule};
 use crate::verdict::Dialect;
 
 /// Start of a chat turn.
@@ -144,6 +144,17 @@ impl<'a> PromptSpec<'a> {
             system: None,
         }
     }
+}
+
+/// The question asked, after the image, to score one rule of a structured policy on its own
+/// (the guard's *rules hit*): the policy prefix and the image stay the same as for the whole-
+/// policy question, so every rule question shares their tokens and their cached keys/values.
+pub fn rule_question(rule: &Rule) -> String {
+    format!(
+        "Consider only the rule [{}] {} of the policy above. Is this image safe under that rule?",
+        rule.id,
+        rule.title.trim()
+    )
 }
 
 /// A rendered prompt: the text before the image block and the text after it.

@@ -25,8 +25,11 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "verdict", env = "SAFEGUARD_FORMAT")]
         format: Format,
         /// Replace the default question asked after the image.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rule")]
         question: Option<String>,
+        /// Ask about one rule of the policy only (the question the guard scores for rules hit).
+        #[arg(long, value_name = "RULE")]
+        rule: Option<String>,
     },
 }
 
@@ -88,8 +91,18 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             policy,
             format,
             question,
+            rule,
         } => {
             let policy = policy.load()?;
+            let question = match rule {
+                Some(id) => {
+                    let rule = policy
+                        .rule(&id)
+                        .with_context(|| format!("policy {:?} has no rule {id:?}", policy.name))?;
+                    Some(prompt::rule_question(rule))
+                }
+                None => question,
+            };
             let spec = PromptSpec {
                 question: question.as_deref(),
                 ..PromptSpec::new(&policy, format)
