@@ -136,6 +136,32 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A remote (OpenAI-compatible) endpoint failed, or answered something that cannot be
+    /// used. Never carries a credential.
+    #[error("remote endpoint {endpoint}: {reason}")]
+    Remote {
+        /// The endpoint's URL, without any user name or password.
+        endpoint: String,
+        /// What went wrong: the HTTP status and the server's (truncated) message when it
+        /// answered, the attempts made when it was retried.
+        reason: String,
+        /// The HTTP status, when the server answered with one.
+        status: Option<u16>,
+        /// The transport error beneath (connection refused, timed out…), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A backend's model output from which no verdict could be read. The caller picks the
+    /// fallback ([`crate::verdict::OnUnparsable`]); the whole output is kept for it.
+    #[error("{backend} backend: no verdict in the model output ({reason}): {}", excerpt(.output))]
+    Unparsable {
+        /// The backend's name.
+        backend: String,
+        /// Why no verdict could be read.
+        reason: crate::verdict::NoVerdict,
+        /// The model's whole output.
+        output: String,
+    },
     /// An unknown value for a command-line or configuration choice.
     #[error("unknown {what} {value:?}; expected one of: {expected}")]
     UnknownChoice {
@@ -158,6 +184,15 @@ impl Error {
                 source: Box::new(other),
             },
         }
+    }
+}
+
+/// The start of a model output, quoted, for error messages (at most 200 characters).
+fn excerpt(output: &str) -> String {
+    const MAX: usize = 200;
+    match output.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}…", &output[..cut]),
+        None => format!("{output:?}"),
     }
 }
 
