@@ -5,6 +5,7 @@
 //! 1 an *unsafe* verdict under `--fail-on-unsafe`, 2 a usage or input error.
 
 mod cmd;
+mod config;
 
 use std::process::ExitCode;
 

@@ -9,12 +9,15 @@
 //! - [`sampling`]: greedy/temperature/top-k/top-p decoding with stop tokens and log-probs,
 //!   [`sampling::generate`], and verdict scoring ([`sampling::p_unsafe`]).
 //!
-//! Not here yet (later issues): the `Guard` trait and backends, batching, the prefix-cache
-//! manager (the model's KV cache already supports reuse of a cached prefix).
+//! - [`local`]: the local backend, [`local::LocalGuard`], implementing `safeguard_core`'s
+//!   `Guard`: score mode, rules hit, reason mode.
+//! - [`prefix_cache`]: the policy-prefix KV cache (LRU, bounded in bytes).
 //!
 //! The `cuda` feature builds candle with CUDA (needs nvcc; off by default).
 
 pub mod hub;
+pub mod local;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
@@ -25,6 +28,7 @@ mod error;
 /// candle dependency.
 pub use candle_core;
 pub use error::EngineError;
+pub use local::{LocalGuard, LocalGuardOptions};
 pub use weights::{load_model, LoadOptions, LoadedModel, LoraMode};
 
 /// Parses a device name: `cpu`, `cuda` or `cuda:N`. CUDA needs a build with the `cuda`

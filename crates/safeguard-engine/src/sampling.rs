@@ -182,8 +182,20 @@ pub fn generate(
     prompt: &Prompt<'_>,
     params: &SamplingParams,
 ) -> Result<Generation, EngineError> {
+    generate_with(model, prompt, params, KvCache::new(), |_, _| {})
+}
+
+/// [`generate`] continuing from `cache`, which holds the keys/values of a prefix of
+/// `prompt.input_ids` (a cached policy prefix; empty for a fresh start). `on_step` sees every
+/// step's logits (`[vocab]`, f32) and the token chosen from them, before the next step runs.
+pub fn generate_with(
+    model: &Qwen2_5VlModel,
+    prompt: &Prompt<'_>,
+    params: &SamplingParams,
+    mut cache: KvCache,
+    mut on_step: impl FnMut(&[f32], Sampled),
+) -> Result<Generation, EngineError> {
     let mut sampler = Sampler::new(params.clone())?;
-    let mut cache = KvCache::new();
     let mut ids = prompt.input_ids.to_vec();
     let mut out = Generation {
         tokens: Vec::new(),
@@ -195,7 +207,9 @@ pub fn generate(
     }
     let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
     loop {
-        let chosen = sampler.sample(&logits.to_vec1::<f32>()?)?;
+        let step_logits = logits.to_vec1::<f32>()?;
+        let chosen = sampler.sample(&step_logits)?;
+        on_step(&step_logits, chosen);
         out.tokens.push(chosen.token);
         out.logprobs.push(chosen.logprob);
         if params.stop_tokens.contains(&chosen.token) {

@@ -219,6 +219,11 @@ impl QwenTokenizer {
         }
     }
 
+    /// The vocabulary string of a token id (byte-level form, e.g. `Ġyes` for " yes").
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of one token string, if it is a single token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

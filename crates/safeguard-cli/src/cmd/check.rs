@@ -9,7 +9,11 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use safeguard_core::guard::{Guard, GuardRequest, Judgement};
 use safeguard_core::{Assessment, Format, Policy};
+use safeguard_engine::hub::{resolve_model, HubOptions};
+use safeguard_engine::weights::parse_dtype;
+use safeguard_engine::{parse_device, LoadOptions, LocalGuard, LocalGuardOptions};
 use safeguard_lite::LiteGuard;
+use safeguard_remote::{RemoteConfig, RemoteGuard};
 use safeguard_vision::DecodeLimits;
 
 /// Image file extensions picked up when a directory is given.
@@ -17,11 +21,12 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", 
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// The local VLM when a model is configured (--model / SAFEGUARD_MODEL), else lite.
+    /// The local VLM when a model is configured (--model, SAFEGUARD_MODEL or the config
+    /// file), else the remote backend when endpoints are configured, else lite.
     Auto,
-    /// Qwen2.5-VL run natively (not available yet: issue #5).
+    /// Qwen2.5-VL run natively (needs --model).
     Local,
-    /// An OpenAI-compatible endpoint (not available yet: issue #5).
+    /// OpenAI-compatible chat-completions endpoints (vLLM, SGLang, `safeguard serve`).
     Remote,
     /// The embedded open_nsfw classifier: judges sexual/nudity rules only.
     Lite,
@@ -33,6 +38,8 @@ pub enum Mode {
     Score,
     /// Generate `<think>…</think><answer>…</answer>` and parse it.
     Reason,
+    /// Generate a LlavaGuard-style JSON answer (rating, category, rationale) and parse it.
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,9 +59,47 @@ pub struct CheckArgs {
     /// Which guard to run.
     #[arg(long, value_enum, default_value = "auto", env = "SAFEGUARD_BACKEND")]
     pub backend: Backend,
-    /// Model directory or Hugging Face id for the local backend.
+    /// Model directory or Hugging Face id for the local backend [default: `model` of the
+    /// config file].
     #[arg(long, env = "SAFEGUARD_MODEL")]
     pub model: Option<String>,
+    /// Where the local model runs: cpu, cuda or cuda:N [default: the config file's, else cpu].
+    #[arg(long, env = "SAFEGUARD_DEVICE")]
+    pub device: Option<String>,
+    /// Weight dtype of the local model: f32, bf16 or f16 [default: the config file's, else f32].
+    #[arg(long, env = "SAFEGUARD_DTYPE")]
+    pub dtype: Option<String>,
+    /// A PEFT LoRA adapter directory merged into the local model.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Smallest image area after resizing, in pixels [default: the model's].
+    #[arg(long, env = "SAFEGUARD_MIN_PIXELS")]
+    pub min_pixels: Option<usize>,
+    /// Largest image area after resizing, in pixels [default: the model's].
+    #[arg(long, env = "SAFEGUARD_MAX_PIXELS")]
+    pub max_pixels: Option<usize>,
+    /// Memory for cached policy prefixes (keys/values), in MiB; 0 turns the cache off.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_mb: usize,
+    /// Do not score each prohibited rule separately (score mode; faster, no rules hit).
+    #[arg(long)]
+    pub no_rules: bool,
+    /// Token budget of reason and json modes.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Images judged per call to the backend.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (repeatable;
+    /// requests are balanced across them) [default: `endpoints` of the config file].
+    #[arg(long = "endpoint", value_name = "URL")]
+    pub endpoints: Vec<String>,
+    /// The `model` name sent to the endpoints [default: the config file's].
+    #[arg(long, env = "SAFEGUARD_REMOTE_MODEL")]
+    pub remote_model: Option<String>,
+    /// Per-attempt timeout of remote requests, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
     /// Score (one forward pass) or reason (generate a rationale).
     #[arg(long, value_enum, default_value = "score", env = "SAFEGUARD_MODE")]
     pub mode: Mode,
@@ -125,10 +170,22 @@ pub fn expand(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
-    let backend = match (args.backend, &args.model) {
-        (Backend::Auto, None) => Backend::Lite,
-        (Backend::Auto, Some(_)) => Backend::Local,
-        (other, _) => other,
+    let (config, config_path) = crate::config::load()?;
+    let model = args.model.clone().or(config.model.clone());
+    let endpoints = if args.endpoints.is_empty() {
+        config.endpoints.clone()
+    } else {
+        args.endpoints.clone()
+    };
+    let backend = match args.backend {
+        Backend::Auto if model.is_some() => Backend::Local,
+        Backend::Auto if !endpoints.is_empty() => Backend::Remote,
+        Backend::Auto => Backend::Lite,
+        other => other,
+    };
+    let from_config = |what: &str| match &config_path {
+        Some(p) => format!(" ({what} from {})", p.display()),
+        None => String::new(),
     };
     match backend {
         Backend::Lite => {
@@ -136,18 +193,85 @@ fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
                 "backend: lite (embedded open_nsfw; judges only the sexual/nudity rules of a policy; \
                  give --model for the Qwen2.5-VL guard)"
             );
-            let limits = DecodeLimits {
-                max_encoded_bytes: args.max_image_bytes,
-                ..DecodeLimits::default()
-            };
-            Ok(Box::new(LiteGuard::new(limits)?))
+            Ok(Box::new(LiteGuard::new(decode_limits(args))?))
         }
-        Backend::Local => bail!(
-            "the local Qwen2.5-VL backend is not available in `check` yet (issue #5); \
-             run without --model/SAFEGUARD_MODEL to use the lite backend"
-        ),
-        Backend::Remote => bail!("the remote backend is not available yet (issue #5)"),
+        Backend::Local => {
+            let Some(model) = model else {
+                bail!("--backend local needs a model: --model DIR|HF_ID, SAFEGUARD_MODEL, or `model` in the config file");
+            };
+            let dir = resolve_model(&model, &HubOptions::default())?;
+            let device = args
+                .device
+                .clone()
+                .or(config.device.clone())
+                .unwrap_or("cpu".into());
+            let dtype = args
+                .dtype
+                .clone()
+                .or(config.dtype.clone())
+                .unwrap_or("f32".into());
+            let opts = LocalGuardOptions {
+                load: LoadOptions {
+                    dtype: parse_dtype(&dtype).context("--dtype")?,
+                    device: parse_device(&device).context("--device")?,
+                    lora: args.lora.clone(),
+                    ..LoadOptions::default()
+                },
+                limits: decode_limits(args),
+                min_pixels: args.min_pixels,
+                max_pixels: args.max_pixels,
+                prefix_cache_bytes: args.prefix_cache_mb << 20,
+                rules: !args.no_rules,
+                max_new_tokens: args.max_new_tokens,
+            };
+            eprintln!(
+                "backend: local (Qwen2.5-VL from {}, {dtype} on {device}){}",
+                dir.display(),
+                if args.model.is_none() {
+                    from_config("model")
+                } else {
+                    String::new()
+                }
+            );
+            let guard = LocalGuard::load(&dir, opts)
+                .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            Ok(Box::new(guard))
+        }
+        Backend::Remote => {
+            if endpoints.is_empty() {
+                bail!("--backend remote needs --endpoint URL (or `endpoints` in the config file)");
+            }
+            let remote_model = args
+                .remote_model
+                .clone()
+                .or(config.remote_model.clone())
+                .or(model)
+                .context(
+                    "--backend remote needs --remote-model NAME (the model the endpoints serve)",
+                )?;
+            if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+                bail!("--timeout must be a positive number of seconds");
+            }
+            let mut cfg = RemoteConfig::new(endpoints.clone(), remote_model.clone());
+            cfg.api_key = std::env::var("SAFEGUARD_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty());
+            cfg.timeout = std::time::Duration::from_secs_f64(args.timeout);
+            cfg.max_tokens_reason = args.max_new_tokens as u32;
+            eprintln!(
+                "backend: remote ({remote_model} at {})",
+                endpoints.join(", ")
+            );
+            Ok(Box::new(RemoteGuard::new(cfg)?))
+        }
         Backend::Auto => unreachable!("auto is resolved above"),
+    }
+}
+
+fn decode_limits(args: &CheckArgs) -> DecodeLimits {
+    DecodeLimits {
+        max_encoded_bytes: args.max_image_bytes,
+        ..DecodeLimits::default()
     }
 }
 
@@ -177,29 +301,46 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let format = match args.mode {
         Mode::Score => Format::Verdict,
         Mode::Reason => Format::Reasoning,
+        Mode::Json => Format::Json,
     };
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let progress = progress_bar(paths.len());
     let mut outcomes = Vec::with_capacity(paths.len());
-    for path in paths {
-        let result = read_image(&path, args.max_image_bytes).and_then(|bytes| {
-            let request = GuardRequest {
-                image: &bytes,
+    for chunk in paths.chunks(args.batch_size) {
+        let read: Vec<Result<Vec<u8>, String>> = chunk
+            .iter()
+            .map(|p| read_image(p, args.max_image_bytes))
+            .collect();
+        let requests: Vec<GuardRequest<'_>> = read
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|bytes| GuardRequest {
+                image: bytes,
                 policy: &policy,
                 format,
                 threshold: args.threshold,
+            })
+            .collect();
+        let mut judged = guard.judge(&requests).into_iter();
+        for (path, bytes) in chunk.iter().zip(read) {
+            let result = bytes.and_then(|_| {
+                judged
+                    .next()
+                    .expect("one result per request")
+                    .map_err(|e| e.to_string())
+            });
+            let outcome = Outcome {
+                path: path.clone(),
+                result,
             };
-            let mut results = guard.judge(std::slice::from_ref(&request));
-            results
-                .pop()
-                .expect("one result per request")
-                .map_err(|e| e.to_string())
-        });
-        let outcome = Outcome { path, result };
-        if args.json {
-            progress.suspend(|| print_json(&outcome, &policy));
+            if args.json {
+                progress.suspend(|| print_json(&outcome, &policy));
+            }
+            outcomes.push(outcome);
+            progress.inc(1);
         }
-        outcomes.push(outcome);
-        progress.inc(1);
     }
     progress.finish_and_clear();
     if !args.json {

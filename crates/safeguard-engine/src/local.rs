@@ -1,0 +1,604 @@
+//! The local backend: Qwen2.5-VL run natively, behind the [`Guard`] trait.
+//!
+//! **Score mode** ([`Format::Verdict`]): the prompt is run once and P(unsafe) is the softmax
+//! over the logits of the two answer tokens `unsafe` and `safe` at the first answer position
+//! (as ShieldGemma and Llama Guard score), compared with the request's threshold.
+//!
+//! **Rules hit**: for a structured policy, each prohibited rule gets its own question
+//! ([`prompt::rule_question`]) after the same policy prefix and the same image, scored the
+//! same way; the keys/values of prefix and image are computed once per image and shared by
+//! the whole-policy question and every rule question. Allowed rules are not asked.
+//!
+//! **Reason mode** ([`Format::Reasoning`], [`Format::Json`]): greedy generation, parsed by
+//! [`safeguard_core::verdict::parse`]. P(unsafe) is read at the step that produced the answer
+//! word (`yes`/`no` inside `<answer>`, the JSON `rating`): softmax of the chosen token's logit
+//! against the logit of the same token with the other answer word. An output without a
+//! verdict gives an *unassessed* judgement that says so and keeps the raw output.
+//!
+//! **Policy-prefix cache**: the rendered system + policy text before the image is tokenized
+//! and run once per exact token prefix; its keys/values live in a [`PrefixCache`] (LRU,
+//! bounded in bytes) and every image under that policy continues from a clone. The
+//! computation is always split at the prefix boundary, so a judgement is bit-for-bit the same
+//! with the cache on or off; the cache only decides whether the prefix is recomputed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use safeguard_core::guard::{Guard, GuardRequest, Judgement, RuleResult, RuleStatus};
+use safeguard_core::policy::{Policy, Stance};
+use safeguard_core::prompt::{self, Format, PromptSpec};
+use safeguard_core::{Assessment, Error};
+use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
+use safeguard_vision::{decode_and_preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
+
+use crate::prefix_cache::{PrefixCache, PrefixCacheStats};
+use crate::sampling::{generate_with, log_softmax, SamplingParams};
+use crate::tokenizer::QwenTokenizer;
+use crate::weights::{load_model, LoadOptions, LoadedModel};
+use crate::EngineError;
+
+/// The name in judgements and outputs.
+pub const NAME: &str = "local";
+
+/// How to build a [`LocalGuard`].
+#[derive(Debug, Clone)]
+pub struct LocalGuardOptions {
+    /// dtype, device, LoRA.
+    pub load: LoadOptions,
+    /// Limits on untrusted image input.
+    pub limits: DecodeLimits,
+    /// Overrides the model's `min_pixels`.
+    pub min_pixels: Option<usize>,
+    /// Overrides the model's `max_pixels`.
+    pub max_pixels: Option<usize>,
+    /// Memory budget of the policy-prefix cache in bytes (0 = off).
+    pub prefix_cache_bytes: usize,
+    /// Score each prohibited rule of a structured policy in score mode.
+    pub rules: bool,
+    /// Token budget of reason mode.
+    pub max_new_tokens: usize,
+}
+
+impl Default for LocalGuardOptions {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            limits: DecodeLimits::default(),
+            min_pixels: None,
+            max_pixels: None,
+            prefix_cache_bytes: 1 << 30,
+            rules: true,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+/// Token ids the guard scores.
+#[derive(Debug, Clone, Copy)]
+struct AnswerTokens {
+    safe: u32,
+    unsafe_: u32,
+    stop: [u32; 2],
+}
+
+/// Qwen2.5-VL as a guard. Cheap to share between threads (`&self` everywhere).
+#[derive(Debug)]
+pub struct LocalGuard {
+    loaded: LoadedModel,
+    tokenizer: QwenTokenizer,
+    preprocess: PreprocessConfig,
+    opts: LocalGuardOptions,
+    answers: AnswerTokens,
+    cache: Mutex<PrefixCache>,
+}
+
+/// One image ready for the model.
+struct ImageInput {
+    grid: [usize; 3],
+    embeds: Tensor,
+    block: Vec<u32>,
+}
+
+fn backend_error(e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: NAME.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl LocalGuard {
+    /// Loads the model, `tokenizer.json` and `preprocessor_config.json` of `dir`.
+    pub fn load(dir: &Path, opts: LocalGuardOptions) -> Result<Self, EngineError> {
+        let loaded = load_model(dir, &opts.load)?;
+        let tokenizer = QwenTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let mut preprocess =
+            PreprocessConfig::from_model_dir(dir).map_err(|e| EngineError::Input {
+                reason: format!("preprocessor config of {}: {e}", dir.display()),
+            })?;
+        if let Some(min) = opts.min_pixels {
+            preprocess.min_pixels = min;
+        }
+        if let Some(max) = opts.max_pixels {
+            preprocess.max_pixels = max;
+        }
+        preprocess.validate().map_err(|e| EngineError::Input {
+            reason: format!("pixel bounds: {e}"),
+        })?;
+        let vision = &loaded.config.vision_config;
+        if preprocess.patch_dim() != vision.patch_dim() {
+            return Err(EngineError::Input {
+                reason: format!(
+                    "preprocessor_config.json gives {} values per patch but the model expects {}",
+                    preprocess.patch_dim(),
+                    vision.patch_dim()
+                ),
+            });
+        }
+        let special = tokenizer.special();
+        let answers = AnswerTokens {
+            safe: tokenizer.answer_token("safe")?,
+            unsafe_: tokenizer.answer_token("unsafe")?,
+            stop: [special.im_end, special.endoftext],
+        };
+        let cache = Mutex::new(PrefixCache::new(opts.prefix_cache_bytes));
+        Ok(Self {
+            loaded,
+            tokenizer,
+            preprocess,
+            opts,
+            answers,
+            cache,
+        })
+    }
+
+    /// The model directory.
+    pub fn model_dir(&self) -> &PathBuf {
+        &self.loaded.dir
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &QwenTokenizer {
+        &self.tokenizer
+    }
+
+    /// Counters of the policy-prefix cache.
+    pub fn cache_stats(&self) -> PrefixCacheStats {
+        self.cache.lock().expect("prefix cache lock").stats()
+    }
+
+    /// Bytes the keys/values of `tokens` tokens take.
+    fn kv_bytes(&self, tokens: usize) -> usize {
+        let t = &self.loaded.config.text_config;
+        tokens
+            * t.num_hidden_layers
+            * 2
+            * t.num_key_value_heads
+            * t.head_dim()
+            * self.loaded.model.dtype().size_in_bytes()
+    }
+
+    /// The token ids of `policy`'s prompt prefix under `format` and the keys/values after them
+    /// (from the cache, or computed and stored).
+    fn prefix(&self, policy: &Policy, format: Format) -> Result<(Vec<u32>, KvCache), Error> {
+        let rendered = prompt::render(&PromptSpec::new(policy, format));
+        let ids = self
+            .tokenizer
+            .encode(&rendered.prefix)
+            .map_err(backend_error)?;
+        if let Some(kv) = self.cache.lock().expect("prefix cache lock").get(&ids) {
+            return Ok((ids, kv));
+        }
+        let mut kv = KvCache::new();
+        let text_only = Prompt {
+            input_ids: &ids,
+            grids: &[],
+            image_embeds: None,
+        };
+        self.loaded
+            .model
+            .forward(&text_only, &mut kv, Logits::Last)
+            .map_err(backend_error)?;
+        let bytes = self.kv_bytes(ids.len());
+        self.cache
+            .lock()
+            .expect("prefix cache lock")
+            .insert(&ids, kv.clone(), bytes);
+        Ok((ids, kv))
+    }
+
+    fn image(&self, bytes: &[u8]) -> Result<ImageInput, Error> {
+        let pre: Preprocessed = decode_and_preprocess(bytes, &self.opts.limits, &self.preprocess)
+            .map_err(|e| Error::InvalidImage {
+            message: e.to_string(),
+        })?;
+        let cfg = &self.loaded.config;
+        let dim = self.preprocess.patch_dim();
+        let rows = pre.pixel_values.len() / dim;
+        let device = &self.opts.load.device;
+        let pixel_values =
+            Tensor::from_vec(pre.pixel_values, (rows, dim), device).map_err(backend_error)?;
+        let embeds = self
+            .loaded
+            .model
+            .embed_images(&VisionInputs {
+                pixel_values,
+                grid_thw: vec![pre.grid_thw],
+            })
+            .map_err(backend_error)?;
+        let tokens = self.loaded.model.image_tokens(pre.grid_thw);
+        let mut block = Vec::with_capacity(tokens + 2);
+        block.push(cfg.vision_start_token_id);
+        block.extend(std::iter::repeat_n(cfg.image_token_id, tokens));
+        block.push(cfg.vision_end_token_id);
+        Ok(ImageInput {
+            grid: pre.grid_thw,
+            embeds,
+            block,
+        })
+    }
+
+    /// The tokens after the image block for `question` (None = the default question).
+    fn suffix(
+        &self,
+        policy: &Policy,
+        format: Format,
+        question: Option<&str>,
+    ) -> Result<Vec<u32>, Error> {
+        let spec = PromptSpec {
+            question,
+            ..PromptSpec::new(policy, format)
+        };
+        self.tokenizer
+            .encode(&prompt::render(&spec).suffix)
+            .map_err(backend_error)
+    }
+
+    /// Last-position logits of each row (`base` + suffix), every row continuing from `kv`
+    /// (the keys/values of `base`).
+    fn score_rows(
+        &self,
+        base: &[u32],
+        kv: &KvCache,
+        image: &ImageInput,
+        suffixes: &[Vec<u32>],
+    ) -> Result<Vec<f64>, Error> {
+        let grids = [image.grid];
+        suffixes
+            .iter()
+            .map(|suffix| {
+                let ids: Vec<u32> = base.iter().chain(suffix).copied().collect();
+                let row = Prompt {
+                    input_ids: &ids,
+                    grids: &grids,
+                    image_embeds: Some(&image.embeds),
+                };
+                let logits = self
+                    .loaded
+                    .model
+                    .forward(&row, &mut kv.clone(), Logits::Last)
+                    .map_err(backend_error)?;
+                crate::sampling::p_unsafe(&logits, self.answers.unsafe_, self.answers.safe)
+                    .map_err(backend_error)
+            })
+            .collect()
+    }
+
+    fn judge_score(&self, request: &GuardRequest<'_>) -> Result<Judgement, Error> {
+        let start = Instant::now();
+        let policy = request.policy;
+        let (prefix_ids, prefix_kv) = self.prefix(policy, Format::Verdict)?;
+        let image = self.image(request.image)?;
+        // Keys/values of prefix + image block, shared by every question about this image.
+        let base: Vec<u32> = prefix_ids.iter().chain(&image.block).copied().collect();
+        let mut kv = prefix_kv;
+        let grids = [image.grid];
+        let with_image = Prompt {
+            input_ids: &base,
+            grids: &grids,
+            image_embeds: Some(&image.embeds),
+        };
+        self.loaded
+            .model
+            .forward(&with_image, &mut kv, Logits::Last)
+            .map_err(backend_error)?;
+        let prohibited: Vec<_> = if self.opts.rules {
+            policy.prohibited().collect()
+        } else {
+            Vec::new()
+        };
+        let mut suffixes = vec![self.suffix(policy, Format::Verdict, None)?];
+        for rule in &prohibited {
+            let question = prompt::rule_question(rule);
+            suffixes.push(self.suffix(policy, Format::Verdict, Some(&question))?);
+        }
+        let scores = self.score_rows(&base, &kv, &image, &suffixes)?;
+        let p = scores[0];
+        let threshold = request.threshold;
+        let rules: Vec<RuleResult> = prohibited
+            .iter()
+            .zip(&scores[1..])
+            .map(|(rule, &score)| RuleResult {
+                id: rule.id.clone(),
+                stance: Stance::Prohibited,
+                status: if score >= threshold {
+                    RuleStatus::Hit
+                } else {
+                    RuleStatus::Clear
+                },
+                score: Some(score),
+            })
+            .collect();
+        let rules_hit: Vec<String> = rules
+            .iter()
+            .filter(|r| r.status == RuleStatus::Hit)
+            .map(|r| r.id.clone())
+            .collect();
+        let verdict = if p >= threshold {
+            Assessment::Unsafe
+        } else {
+            Assessment::Safe
+        };
+        let note = match (verdict, rules_hit.is_empty(), rules.is_empty()) {
+            (Assessment::Unsafe, true, false) => Some(
+                "unsafe under the policy as a whole, but no single prohibited rule scored above the threshold"
+                    .to_string(),
+            ),
+            (Assessment::Safe, false, _) => Some(format!(
+                "safe under the policy as a whole, but rule question(s) {} scored above the threshold",
+                rules_hit.join(", ")
+            )),
+            _ => None,
+        };
+        Ok(Judgement {
+            verdict,
+            p_unsafe: Some(p),
+            rules_hit,
+            rules,
+            rationale: None,
+            raw_output: None,
+            note,
+            backend: NAME.to_string(),
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn judge_generate(&self, request: &GuardRequest<'_>) -> Result<Judgement, Error> {
+        let start = Instant::now();
+        let format = request.format;
+        let policy = request.policy;
+        let (prefix_ids, prefix_kv) = self.prefix(policy, format)?;
+        let image = self.image(request.image)?;
+        let suffix = self.suffix(policy, format, None)?;
+        let ids: Vec<u32> = prefix_ids
+            .iter()
+            .chain(&image.block)
+            .chain(&suffix)
+            .copied()
+            .collect();
+        let grids = [image.grid];
+        let full = Prompt {
+            input_ids: &ids,
+            grids: &grids,
+            image_embeds: Some(&image.embeds),
+        };
+        let params = SamplingParams {
+            max_new_tokens: self.opts.max_new_tokens,
+            stop_tokens: self.answers.stop.to_vec(),
+            ..SamplingParams::default()
+        };
+        let mut scorer = AnswerScorer::new(&self.tokenizer, format);
+        let generation = generate_with(
+            &self.loaded.model,
+            &full,
+            &params,
+            prefix_kv,
+            |logits, chosen| scorer.step(logits, chosen.token),
+        )
+        .map_err(backend_error)?;
+        let text = self
+            .tokenizer
+            .decode(&generation.tokens, true)
+            .map_err(backend_error)?;
+        let p_unsafe = scorer.p_unsafe;
+        let parsed = safeguard_core::verdict::parse(&text, format.dialect());
+        let mut judgement = Judgement {
+            verdict: Assessment::Unassessed,
+            p_unsafe,
+            rules_hit: Vec::new(),
+            rules: Vec::new(),
+            rationale: None,
+            raw_output: Some(text.clone()),
+            note: None,
+            backend: NAME.to_string(),
+            latency_ms: 0.0,
+        };
+        match parsed {
+            Ok(parsed) => {
+                judgement.verdict = match p_unsafe {
+                    Some(p) if p >= request.threshold => Assessment::Unsafe,
+                    Some(_) => Assessment::Safe,
+                    None => parsed.verdict.into(),
+                };
+                if p_unsafe.is_none() {
+                    judgement.note = Some(
+                        "no score: the answer token could not be located in the output".into(),
+                    );
+                }
+                if judgement.verdict == Assessment::Unsafe {
+                    judgement.rules_hit =
+                        rules_named(policy, &parsed.categories, &parsed.rationale);
+                    judgement.rules = judgement
+                        .rules_hit
+                        .iter()
+                        .map(|id| RuleResult {
+                            id: id.clone(),
+                            stance: Stance::Prohibited,
+                            status: RuleStatus::Hit,
+                            score: None,
+                        })
+                        .collect();
+                }
+                judgement.rationale = parsed.rationale;
+            }
+            Err(no) => {
+                judgement.note = Some(format!(
+                    "the model's output has no verdict ({no}); see raw_output"
+                ));
+            }
+        }
+        judgement.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        Ok(judgement)
+    }
+}
+
+/// Prohibited rules of `policy` named by the output: a category id (`O3`, `O3: Sexual
+/// Content`), or a rule id written as a word in the rationale.
+fn rules_named(policy: &Policy, categories: &[String], rationale: &Option<String>) -> Vec<String> {
+    let words: Vec<String> = rationale
+        .as_deref()
+        .unwrap_or("")
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "_-./".contains(c)))
+        .map(|w| {
+            w.trim_matches(|c| c == '.' || c == '/')
+                .to_ascii_lowercase()
+        })
+        .collect();
+    policy
+        .prohibited()
+        .filter(|rule| {
+            let id = rule.id.to_ascii_lowercase();
+            categories.iter().any(|c| {
+                let c = c.trim().to_ascii_lowercase();
+                c == id || c.split(':').next().is_some_and(|head| head.trim() == id)
+            }) || words.contains(&id)
+        })
+        .map(|rule| rule.id.clone())
+        .collect()
+}
+
+/// Finds, during generation, the step that writes the answer word and scores it.
+struct AnswerScorer<'a> {
+    tokenizer: &'a QwenTokenizer,
+    format: Format,
+    tokens: Vec<u32>,
+    text_len: usize,
+    p_unsafe: Option<f64>,
+    done: bool,
+}
+
+impl<'a> AnswerScorer<'a> {
+    fn new(tokenizer: &'a QwenTokenizer, format: Format) -> Self {
+        Self {
+            tokenizer,
+            format,
+            tokens: Vec::new(),
+            text_len: 0,
+            p_unsafe: None,
+            done: false,
+        }
+    }
+
+    /// (safe word, unsafe word) of the format.
+    fn words(&self) -> (&'static str, &'static str) {
+        match self.format {
+            Format::Verdict => ("safe", "unsafe"),
+            Format::Reasoning => ("yes", "no"),
+            Format::Json => ("Safe", "Unsafe"),
+        }
+    }
+
+    fn step(&mut self, logits: &[f32], token: u32) {
+        if self.done {
+            return;
+        }
+        self.tokens.push(token);
+        let Ok(text) = self.tokenizer.decode(&self.tokens, false) else {
+            return;
+        };
+        let before = self.text_len;
+        self.text_len = text.len();
+        let Some(start) = answer_offset(&text, self.format) else {
+            return;
+        };
+        if start >= text.len() || start < before {
+            // Not written yet, or written by an earlier step that could not be scored.
+            self.done = start < before;
+            return;
+        }
+        self.done = true;
+        // This step's token wrote the answer's first character.
+        let Ok(piece) = self.tokenizer.decode(&[token], false) else {
+            return;
+        };
+        let Some(raw) = self.tokenizer.token_str(token) else {
+            return;
+        };
+        let written = &text[start..];
+        let (safe, unsafe_) = self.words();
+        let (chosen_word, other_word, chosen_unsafe) =
+            if unsafe_.starts_with(written) || written.starts_with(unsafe_) {
+                (unsafe_, safe, true)
+            } else if safe.starts_with(written) || written.starts_with(safe) {
+                (safe, unsafe_, false)
+            } else {
+                return;
+            };
+        // The part of the token before the answer (e.g. `>` of `>no`), in raw token form.
+        let word_in_piece = piece.len().min(written.len());
+        let head_len = raw.len().saturating_sub(word_in_piece);
+        if !raw.is_char_boundary(head_len) || !chosen_word.starts_with(&raw[head_len..]) {
+            return;
+        }
+        let other = format!("{}{other_word}", &raw[..head_len]);
+        let Some(other_id) = self.tokenizer.token_id(&other) else {
+            return;
+        };
+        let lp = log_softmax(&[logits[token as usize], logits[other_id as usize]]);
+        let p_chosen = lp[0].exp();
+        self.p_unsafe = Some(if chosen_unsafe {
+            p_chosen
+        } else {
+            1.0 - p_chosen
+        });
+    }
+}
+
+/// Byte offset in `text` where the answer word starts, once the text has reached it.
+fn answer_offset(text: &str, format: Format) -> Option<usize> {
+    let after = |marker: &str| -> Option<usize> {
+        let i = text.find(marker)? + marker.len();
+        let rest = &text[i..];
+        Some(i + (rest.len() - rest.trim_start().len()))
+    };
+    match format {
+        Format::Verdict => {
+            let trimmed = text.trim_start();
+            (!trimmed.is_empty()).then(|| text.len() - trimmed.len())
+        }
+        Format::Reasoning => after("<answer>"),
+        Format::Json => {
+            let i = text.find("\"rating\"")? + "\"rating\"".len();
+            let colon = text[i..].find(':')? + i + 1;
+            let quote = text[colon..].find('"')? + colon + 1;
+            Some(quote)
+        }
+    }
+}
+
+impl Guard for LocalGuard {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>> {
+        requests
+            .iter()
+            .map(|r| match r.format {
+                Format::Verdict => self.judge_score(r),
+                Format::Reasoning | Format::Json => self.judge_generate(r),
+            })
+            .collect()
+    }
+}
