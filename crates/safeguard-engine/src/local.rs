@@ -13,7 +13,8 @@
 //! [`safeguard_core::verdict::parse`]. P(unsafe) is read at the step that produced the answer
 //! word (`yes`/`no` inside `<answer>`, the JSON `rating`): softmax of the chosen token's logit
 //! against the logit of the same token with the other answer word. An output without a
-//! verdict gives an *unassessed* judgement that says so and keeps the raw output.
+//! verdict is an [`Error::Unparsable`] that keeps the whole output; the caller picks the
+//! fallback (`--on-unparsable`).
 //!
 //! **Policy-prefix cache**: the rendered system + policy text before the image is tokenized
 //! and run once per exact token prefix; its keys/values live in a [`PrefixCache`] (LRU,
@@ -113,10 +114,21 @@ impl LocalGuard {
     pub fn load(dir: &Path, opts: LocalGuardOptions) -> Result<Self, EngineError> {
         let loaded = load_model(dir, &opts.load)?;
         let tokenizer = QwenTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let mut preprocess =
-            PreprocessConfig::from_model_dir(dir).map_err(|e| EngineError::Input {
-                reason: format!("preprocessor config of {}: {e}", dir.display()),
-            })?;
+        let preprocess = PreprocessConfig::from_model_dir(dir).map_err(|e| EngineError::Input {
+            reason: format!("preprocessor config of {}: {e}", dir.display()),
+        })?;
+        Self::from_parts(loaded, tokenizer, preprocess, opts)
+    }
+
+    /// A guard from an already built model (e.g. random weights of a named shape for
+    /// `safeguard bench`), its tokenizer and preprocessor config; `opts.load` is only used
+    /// for its device. The pixel-bound overrides of `opts` are applied to `preprocess`.
+    pub fn from_parts(
+        loaded: LoadedModel,
+        tokenizer: QwenTokenizer,
+        mut preprocess: PreprocessConfig,
+        opts: LocalGuardOptions,
+    ) -> Result<Self, EngineError> {
         if let Some(min) = opts.min_pixels {
             preprocess.min_pixels = min;
         }
@@ -166,6 +178,11 @@ impl LocalGuard {
     /// Counters of the policy-prefix cache.
     pub fn cache_stats(&self) -> PrefixCacheStats {
         self.cache.lock().expect("prefix cache lock").stats()
+    }
+
+    /// Empties the policy-prefix cache and gives it a new budget in bytes (0 = off).
+    pub fn reset_prefix_cache(&self, budget: usize) {
+        *self.cache.lock().expect("prefix cache lock") = PrefixCache::new(budget);
     }
 
     /// Bytes the keys/values of `tokens` tokens take.
@@ -442,10 +459,12 @@ impl LocalGuard {
                 }
                 judgement.rationale = parsed.rationale;
             }
-            Err(no) => {
-                judgement.note = Some(format!(
-                    "the model's output has no verdict ({no}); see raw_output"
-                ));
+            Err(reason) => {
+                return Err(Error::Unparsable {
+                    backend: NAME.to_string(),
+                    reason,
+                    output: text,
+                });
             }
         }
         judgement.latency_ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use safeguard_core::guard::{Guard, GuardRequest, Judgement};
-use safeguard_core::{Assessment, Format, Policy};
+use safeguard_core::verdict::OnUnparsable;
+use safeguard_core::{Assessment, Error, Format, Policy};
 use safeguard_engine::hub::{resolve_model, HubOptions};
 use safeguard_engine::weights::parse_dtype;
 use safeguard_engine::{parse_device, LoadOptions, LocalGuard, LocalGuardOptions};
@@ -106,6 +107,10 @@ pub struct CheckArgs {
     /// P(unsafe) at or above which an image is unsafe.
     #[arg(long, default_value_t = 0.5, env = "SAFEGUARD_THRESHOLD")]
     pub threshold: f64,
+    /// What an output without a verdict (reason/json modes) counts as: error (the image is
+    /// reported as failed), safe or unsafe (the judgement says it was a fallback).
+    #[arg(long, default_value = "error", value_parser = parse_on_unparsable)]
+    pub on_unparsable: OnUnparsable,
     /// Print one JSON object per image instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -268,6 +273,42 @@ fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
     }
 }
 
+fn parse_on_unparsable(s: &str) -> Result<OnUnparsable, String> {
+    s.parse().map_err(|e: safeguard_core::Error| e.to_string())
+}
+
+/// Applies `--on-unparsable` to a backend's result.
+fn fallback(result: Result<Judgement, Error>, on: OnUnparsable) -> Result<Judgement, String> {
+    match result {
+        Ok(j) => Ok(j),
+        Err(Error::Unparsable {
+            backend,
+            reason,
+            output,
+        }) if on != OnUnparsable::Error => {
+            let verdict = if on == OnUnparsable::Safe {
+                Assessment::Safe
+            } else {
+                Assessment::Unsafe
+            };
+            Ok(Judgement {
+                verdict,
+                p_unsafe: None,
+                rules_hit: Vec::new(),
+                rules: Vec::new(),
+                rationale: None,
+                raw_output: Some(output),
+                note: Some(format!(
+                    "no verdict in the model output ({reason}); counted as {verdict} by --on-unparsable"
+                )),
+                backend,
+                latency_ms: 0.0,
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn decode_limits(args: &CheckArgs) -> DecodeLimits {
     DecodeLimits {
         max_encoded_bytes: args.max_image_bytes,
@@ -326,10 +367,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         let mut judged = guard.judge(&requests).into_iter();
         for (path, bytes) in chunk.iter().zip(read) {
             let result = bytes.and_then(|_| {
-                judged
-                    .next()
-                    .expect("one result per request")
-                    .map_err(|e| e.to_string())
+                fallback(
+                    judged.next().expect("one result per request"),
+                    args.on_unparsable,
+                )
             });
             let outcome = Outcome {
                 path: path.clone(),
