@@ -161,7 +161,82 @@ fn oversized_files_are_refused_before_reading() {
 }
 
 #[test]
-fn the_local_backend_is_not_silently_replaced() {
-    let err = fails(&["check", &images(), "--model", "some/model"]);
-    assert!(err.contains("issue #5"), "{err}");
+fn a_configured_model_selects_the_local_backend_and_a_bad_one_fails_clearly() {
+    let err = fails(&["check", &images(), "--model", "/nonexistent/guard-model"]);
+    assert!(err.contains("backend: local"), "{err}");
+    assert!(err.contains("/nonexistent/guard-model"), "{err}");
+}
+
+#[test]
+fn the_config_file_is_read_and_unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "model = \"/nonexistent/from-config\"\n").unwrap();
+    let run = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_safeguard"))
+            .args(["check", &images()])
+            .env("SAFEGUARD_CONFIG", path)
+            .env_remove("SAFEGUARD_MODEL")
+            .output()
+            .unwrap()
+    };
+    let out = run(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("backend: local") && err.contains("/nonexistent/from-config"),
+        "{err}"
+    );
+    assert!(
+        err.contains("model from"),
+        "says where the model came from: {err}"
+    );
+
+    std::fs::write(&config, "modle = \"typo\"\n").unwrap();
+    let out = run(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("config.toml") && err.contains("modle"),
+        "{err}"
+    );
+
+    let out = run(&dir.path().join("missing.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SAFEGUARD_CONFIG") && err.contains("missing.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dead_remote_endpoint_is_an_error_per_image_naming_it() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}/v1");
+    let out = safeguard(&[
+        "check",
+        &format!("{}/coffee.jpg", images()),
+        "--backend",
+        "remote",
+        "--endpoint",
+        &endpoint,
+        "--remote-model",
+        "guard",
+        "--timeout",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(rows.len(), 1);
+    let error = rows[0]["error"].as_str().unwrap();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+
+    let err = fails(&["check", &images(), "--backend", "remote"]);
+    assert!(err.contains("--endpoint"), "{err}");
 }

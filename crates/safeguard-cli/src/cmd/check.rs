@@ -204,7 +204,6 @@ fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
             let Some(model) = model else {
                 bail!("--backend local needs a model: --model DIR|HF_ID, SAFEGUARD_MODEL, or `model` in the config file");
             };
-            let dir = resolve_model(&model, &HubOptions::default())?;
             let device = args
                 .device
                 .clone()
@@ -215,6 +214,15 @@ fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
                 .clone()
                 .or(config.dtype.clone())
                 .unwrap_or("f32".into());
+            eprintln!(
+                "backend: local (Qwen2.5-VL {model}, {dtype} on {device}){}",
+                if args.model.is_none() {
+                    from_config("model")
+                } else {
+                    String::new()
+                }
+            );
+            let dir = resolve_model(&model, &HubOptions::default())?;
             let opts = LocalGuardOptions {
                 load: LoadOptions {
                     dtype: parse_dtype(&dtype).context("--dtype")?,
@@ -229,15 +237,6 @@ fn pick_backend(args: &CheckArgs) -> anyhow::Result<Box<dyn Guard>> {
                 rules: !args.no_rules,
                 max_new_tokens: args.max_new_tokens,
             };
-            eprintln!(
-                "backend: local (Qwen2.5-VL from {}, {dtype} on {device}){}",
-                dir.display(),
-                if args.model.is_none() {
-                    from_config("model")
-                } else {
-                    String::new()
-                }
-            );
             let guard = LocalGuard::load(&dir, opts)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
             Ok(Box::new(guard))
