@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use safeguard_core::guard::{Guard, GuardRequest, Judgement, RuleResult, RuleStatus};
-use safeguard_core::policy::{Policy, Stance};
+use safeguard_core::policy::{Policy, Rule, Stance};
 use safeguard_core::prompt::{self, Format, PromptSpec};
 use safeguard_core::{Assessment, Error};
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
@@ -93,6 +93,15 @@ pub struct LocalGuard {
     opts: LocalGuardOptions,
     answers: AnswerTokens,
     cache: Mutex<PrefixCache>,
+}
+
+/// A score-mode request ready to run.
+struct Prepared {
+    index: usize,
+    prefix: Vec<u32>,
+    kv: KvCache,
+    image: ImageInput,
+    ids: Vec<u32>,
 }
 
 /// One image ready for the model.
@@ -272,8 +281,19 @@ impl LocalGuard {
             .map_err(backend_error)
     }
 
-    /// Last-position logits of each row (`base` + suffix), every row continuing from `kv`
-    /// (the keys/values of `base`).
+    /// P(unsafe) of each row of last-position logits `[rows, vocab]`.
+    fn p_unsafe_rows(&self, logits: &Tensor) -> Result<Vec<f64>, Error> {
+        (0..logits.dim(0).map_err(backend_error)?)
+            .map(|i| {
+                let row = logits.get(i).map_err(backend_error)?;
+                crate::sampling::p_unsafe(&row, self.answers.unsafe_, self.answers.safe)
+                    .map_err(backend_error)
+            })
+            .collect()
+    }
+
+    /// P(unsafe) of each row `base` + suffix, all rows continuing from `kv` (the keys/values
+    /// of `base`) in one batched pass.
     fn score_rows(
         &self,
         base: &[u32],
@@ -282,23 +302,90 @@ impl LocalGuard {
         suffixes: &[Vec<u32>],
     ) -> Result<Vec<f64>, Error> {
         let grids = [image.grid];
-        suffixes
+        let ids: Vec<Vec<u32>> = suffixes
             .iter()
-            .map(|suffix| {
-                let ids: Vec<u32> = base.iter().chain(suffix).copied().collect();
-                let row = Prompt {
-                    input_ids: &ids,
-                    grids: &grids,
-                    image_embeds: Some(&image.embeds),
-                };
-                let logits = self
-                    .loaded
-                    .model
-                    .forward(&row, &mut kv.clone(), Logits::Last)
-                    .map_err(backend_error)?;
-                crate::sampling::p_unsafe(&logits, self.answers.unsafe_, self.answers.safe)
-                    .map_err(backend_error)
+            .map(|suffix| base.iter().chain(suffix).copied().collect())
+            .collect();
+        let rows: Vec<Prompt<'_>> = ids
+            .iter()
+            .map(|ids| Prompt {
+                input_ids: ids,
+                grids: &grids,
+                image_embeds: Some(&image.embeds),
             })
+            .collect();
+        let logits = self
+            .loaded
+            .model
+            .forward_last_batch(&rows, kv)
+            .map_err(backend_error)?;
+        self.p_unsafe_rows(&logits)
+    }
+
+    /// Score mode without rule questions for several requests: the tails (image block +
+    /// question) of all requests under the same prefix run in one batched pass.
+    fn judge_score_batch(&self, requests: &[&GuardRequest<'_>]) -> Vec<Result<Judgement, Error>> {
+        let start = Instant::now();
+        let mut out: Vec<Option<Result<Judgement, Error>>> =
+            requests.iter().map(|_| None).collect();
+        let mut ready: Vec<Prepared> = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            let prepared = self
+                .prefix(request.policy, Format::Verdict)
+                .and_then(|(prefix, kv)| {
+                    let image = self.image(request.image)?;
+                    let suffix = self.suffix(request.policy, Format::Verdict, None)?;
+                    let ids: Vec<u32> = prefix
+                        .iter()
+                        .chain(&image.block)
+                        .chain(&suffix)
+                        .copied()
+                        .collect();
+                    Ok(Prepared {
+                        index,
+                        prefix,
+                        kv,
+                        image,
+                        ids,
+                    })
+                });
+            match prepared {
+                Ok(p) => ready.push(p),
+                Err(e) => out[index] = Some(Err(e)),
+            }
+        }
+        while let Some(first) = ready.first() {
+            let prefix = first.prefix.clone();
+            let (group, rest): (Vec<Prepared>, Vec<Prepared>) =
+                ready.into_iter().partition(|r| r.prefix == prefix);
+            ready = rest;
+            let grids: Vec<[usize; 3]> = group.iter().map(|r| r.image.grid).collect();
+            let rows: Vec<Prompt<'_>> = group
+                .iter()
+                .zip(&grids)
+                .map(|(r, grid)| Prompt {
+                    input_ids: &r.ids,
+                    grids: std::slice::from_ref(grid),
+                    image_embeds: Some(&r.image.embeds),
+                })
+                .collect();
+            let scores = self
+                .loaded
+                .model
+                .forward_last_batch(&rows, &group[0].kv)
+                .map_err(backend_error)
+                .and_then(|logits| self.p_unsafe_rows(&logits));
+            for (k, r) in group.iter().enumerate() {
+                out[r.index] = Some(match &scores {
+                    Ok(scores) => {
+                        Ok(self.score_judgement(requests[r.index], scores[k], &[], &[], start))
+                    }
+                    Err(e) => Err(backend_error(e)),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every request answered"))
             .collect()
     }
 
@@ -331,11 +418,23 @@ impl LocalGuard {
             suffixes.push(self.suffix(policy, Format::Verdict, Some(&question))?);
         }
         let scores = self.score_rows(&base, &kv, &image, &suffixes)?;
-        let p = scores[0];
+        Ok(self.score_judgement(request, scores[0], &prohibited, &scores[1..], start))
+    }
+
+    /// The judgement of score mode from the whole-policy score `p` and the scores of the
+    /// prohibited rules asked.
+    fn score_judgement(
+        &self,
+        request: &GuardRequest<'_>,
+        p: f64,
+        prohibited: &[&Rule],
+        rule_scores: &[f64],
+        start: Instant,
+    ) -> Judgement {
         let threshold = request.threshold;
         let rules: Vec<RuleResult> = prohibited
             .iter()
-            .zip(&scores[1..])
+            .zip(rule_scores)
             .map(|(rule, &score)| RuleResult {
                 id: rule.id.clone(),
                 stance: Stance::Prohibited,
@@ -368,7 +467,7 @@ impl LocalGuard {
             )),
             _ => None,
         };
-        Ok(Judgement {
+        Judgement {
             verdict,
             p_unsafe: Some(p),
             rules_hit,
@@ -378,7 +477,7 @@ impl LocalGuard {
             note,
             backend: NAME.to_string(),
             latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-        })
+        }
     }
 
     fn judge_generate(&self, request: &GuardRequest<'_>) -> Result<Judgement, Error> {
@@ -611,12 +710,26 @@ impl Guard for LocalGuard {
         NAME
     }
 
+    /// Score-mode requests with no rule question to ask (a free-text policy, or `rules` off)
+    /// run batched, grouped by policy prefix; the others one by one (each batching its own
+    /// rule questions).
     fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>> {
+        let batchable = |r: &GuardRequest<'_>| {
+            r.format == Format::Verdict
+                && !(self.opts.rules && r.policy.prohibited().next().is_some())
+        };
+        let plain: Vec<&GuardRequest<'_>> = requests.iter().filter(|r| batchable(r)).collect();
+        let mut batched = self.judge_score_batch(&plain).into_iter();
         requests
             .iter()
-            .map(|r| match r.format {
-                Format::Verdict => self.judge_score(r),
-                Format::Reasoning | Format::Json => self.judge_generate(r),
+            .map(|r| {
+                if batchable(r) {
+                    batched.next().expect("one result per batched request")
+                } else if r.format == Format::Verdict {
+                    self.judge_score(r)
+                } else {
+                    self.judge_generate(r)
+                }
             })
             .collect()
     }

@@ -1,5 +1,6 @@
 //! Subcommands. Each module owns its clap arguments and a `run` function.
 
+mod backend;
 mod check;
 mod debug;
 mod metrics;
