@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::policy::{Policy, Stance};
 use crate::prompt::Format;
-use crate::verdict::Verdict;
+use crate::verdict::{OnUnparsable, Verdict};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,4 +153,70 @@ pub fn is_nudity_rule(id: &str, title: &str, description: &str) -> bool {
     .iter()
     .any(|w| text.contains(w));
     nudity && !about_minors
+}
+
+/// Applies the caller's fallback to a backend result: an [`Error::Unparsable`] becomes a
+/// judgement of the chosen verdict (with the raw output kept and a note saying it was a
+/// fallback) unless `on` is [`OnUnparsable::Error`]; everything else passes through.
+pub fn apply_on_unparsable(
+    result: Result<Judgement, Error>,
+    on: OnUnparsable,
+) -> Result<Judgement, Error> {
+    let verdict = match on {
+        OnUnparsable::Safe => Assessment::Safe,
+        OnUnparsable::Unsafe => Assessment::Unsafe,
+        OnUnparsable::Error => return result,
+    };
+    match result {
+        Err(Error::Unparsable {
+            backend,
+            reason,
+            output,
+        }) => Ok(Judgement {
+            verdict,
+            p_unsafe: None,
+            rules_hit: Vec::new(),
+            rules: Vec::new(),
+            rationale: None,
+            raw_output: Some(output),
+            note: Some(format!(
+                "no verdict in the model output ({reason}); counted as {verdict} by --on-unparsable"
+            )),
+            backend,
+            latency_ms: 0.0,
+        }),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::NoVerdict;
+
+    #[test]
+    fn unparsable_output_falls_back_only_when_asked() {
+        let unparsable = || {
+            Err(Error::Unparsable {
+                backend: "local".into(),
+                reason: NoVerdict::Empty,
+                output: "???".into(),
+            })
+        };
+        let j = apply_on_unparsable(unparsable(), OnUnparsable::Unsafe).unwrap();
+        assert_eq!(j.verdict, Assessment::Unsafe);
+        assert_eq!(j.raw_output.as_deref(), Some("???"));
+        assert!(j.note.unwrap().contains("--on-unparsable"));
+        assert_eq!(
+            apply_on_unparsable(unparsable(), OnUnparsable::Safe)
+                .unwrap()
+                .verdict,
+            Assessment::Safe
+        );
+        assert!(apply_on_unparsable(unparsable(), OnUnparsable::Error).is_err());
+        let other = Err(Error::InvalidImage {
+            message: "bad".into(),
+        });
+        assert!(apply_on_unparsable(other, OnUnparsable::Safe).is_err());
+    }
 }

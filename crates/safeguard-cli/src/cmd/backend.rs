@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use safeguard_core::guard::{Guard, Judgement};
+use safeguard_core::guard::{apply_on_unparsable, Guard, Judgement};
 use safeguard_core::verdict::OnUnparsable;
-use safeguard_core::{Assessment, Error, Format};
+use safeguard_core::{Error, Format};
 use safeguard_engine::hub::{resolve_model, HubOptions};
 use safeguard_engine::weights::parse_dtype;
 use safeguard_engine::{parse_device, LoadOptions, LocalGuard, LocalGuardOptions};
@@ -230,36 +230,9 @@ pub fn parse_on_unparsable(s: &str) -> Result<OnUnparsable, String> {
     s.parse().map_err(|e: safeguard_core::Error| e.to_string())
 }
 
-/// Applies `--on-unparsable` to a backend's result.
+/// Applies `--on-unparsable` to a backend's result; other errors become their message.
 pub fn fallback(result: Result<Judgement, Error>, on: OnUnparsable) -> Result<Judgement, String> {
-    match result {
-        Ok(j) => Ok(j),
-        Err(Error::Unparsable {
-            backend,
-            reason,
-            output,
-        }) if on != OnUnparsable::Error => {
-            let verdict = if on == OnUnparsable::Safe {
-                Assessment::Safe
-            } else {
-                Assessment::Unsafe
-            };
-            Ok(Judgement {
-                verdict,
-                p_unsafe: None,
-                rules_hit: Vec::new(),
-                rules: Vec::new(),
-                rationale: None,
-                raw_output: Some(output),
-                note: Some(format!(
-                    "no verdict in the model output ({reason}); counted as {verdict} by --on-unparsable"
-                )),
-                backend,
-                latency_ms: 0.0,
-            })
-        }
-        Err(e) => Err(e.to_string()),
-    }
+    apply_on_unparsable(result, on).map_err(|e| e.to_string())
 }
 
 pub fn decode_limits(args: &BackendArgs) -> DecodeLimits {
