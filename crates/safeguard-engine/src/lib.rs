@@ -8,6 +8,9 @@
 //! - [`tokenizer`]: `tokenizer.json`, the chat template, image-placeholder expansion.
 //! - [`sampling`]: greedy/temperature/top-k/top-p decoding with stop tokens and log-probs,
 //!   [`sampling::generate`], and verdict scoring ([`sampling::p_unsafe`]).
+//! - [`scheduler`]: a dynamic batcher ([`scheduler::Batcher`]): concurrent callers' jobs run
+//!   together in batches of up to `max_batch`, grouped by key, with a bounded queue
+//!   (`QueueFull` for backpressure).
 //!
 //! - [`local`]: the local backend, [`local::LocalGuard`], implementing `safeguard_core`'s
 //!   `Guard`: score mode, rules hit, reason mode.
@@ -19,6 +22,7 @@ pub mod hub;
 pub mod local;
 pub mod prefix_cache;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,5 +1,7 @@
 //! Integration tests of `safeguard-engine` (one test binary, see STYLE.md).
 
+mod batch_forward;
+mod batch_scheduler;
 mod common;
 mod decoding;
 mod loading;

@@ -144,3 +144,38 @@ fn weight_names_follow_the_layout_and_missing_ones_are_named() {
         assert!(err.contains(first_missing), "{err}");
     }
 }
+
+#[test]
+fn forward_last_batch_shapes_and_inputs_that_do_not_fit() {
+    let cfg = Config::from_json_str(TINY).unwrap();
+    let model = Qwen2_5VlModel::new(
+        &cfg,
+        WeightLayout::Nested,
+        VarBuilder::zeros(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let text = |ids: &'static [u32]| Prompt {
+        input_ids: ids,
+        grids: &[],
+        image_embeds: None,
+    };
+    let mut prefix = KvCache::new();
+    model
+        .forward(&text(&[1, 2]), &mut prefix, Logits::Last)
+        .unwrap();
+    let rows = [text(&[1, 2, 3]), text(&[1, 2, 3, 4, 5]), text(&[1, 2, 9])];
+    let logits = model.forward_last_batch(&rows, &prefix).unwrap();
+    assert_eq!(logits.dims(), &[3, 64]);
+    assert_eq!((prefix.seq_len(), prefix.batch_size()), (2, 1));
+    let empty = model.forward_last_batch(&rows, &KvCache::new()).unwrap();
+    assert_eq!(empty.dims(), &[3, 64]);
+    // No rows; a row that differs from row 0 inside the prefix; a row with nothing after it.
+    assert!(model.forward_last_batch(&[], &prefix).is_err());
+    let err = model
+        .forward_last_batch(&[text(&[1, 2, 3]), text(&[1, 7, 3])], &prefix)
+        .unwrap_err();
+    assert!(err.to_string().contains("row 1"), "{err}");
+    assert!(model
+        .forward_last_batch(&[text(&[1, 2, 3]), text(&[1, 2])], &prefix)
+        .is_err());
+}

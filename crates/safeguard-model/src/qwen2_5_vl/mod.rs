@@ -13,8 +13,10 @@
 //! [`Qwen2_5VlModel::forward`] takes the **whole** token sequence every time and runs only the
 //! tokens that are not yet in the [`KvCache`]: prefill, decoding and a shared-prefix cache are
 //! one code path, and the position ids are always those `get_rope_index` gives for the full
-//! sequence. Batching several sequences is not implemented at this level yet (batch 1).
+//! sequence. [`Qwen2_5VlModel::forward_last_batch`] scores several sequences that share a
+//! cached prefix in one decoder pass (right-padded, last-token logits only).
 
+mod batch;
 pub mod config;
 pub mod rope_index;
 pub mod text;
@@ -195,21 +197,7 @@ impl Qwen2_5VlModel {
     ) -> Result<Tensor, ModelError> {
         let ids = prompt.input_ids;
         let cached = cache.seq_len();
-        if cached >= ids.len() {
-            return Err(ModelError::Input {
-                reason: format!(
-                    "{} tokens given but {cached} are already cached: nothing to run",
-                    ids.len()
-                ),
-            });
-        }
-        if let Some(i) = ids.iter().position(|&t| t == self.cfg.video_token_id) {
-            return Err(ModelError::Input {
-                reason: format!("token {i} is <|video_pad|>: video input is not supported yet"),
-            });
-        }
-        let merge = self.cfg.vision_config.spatial_merge_size;
-        let index = rope_index(ids, self.cfg.image_token_id, prompt.grids, merge)?;
+        let index = self.positions(prompt, cached)?;
         let tail = &ids[cached..];
         let device = self.lm_head.weight().device();
         let embeds = self.input_embeds(tail, prompt.image_embeds)?;
@@ -229,6 +217,27 @@ impl Qwen2_5VlModel {
             .forward(&hidden.unsqueeze(0)?)?
             .squeeze(0)?
             .to_dtype(DType::F32)?)
+    }
+
+    /// Checks that `prompt` has tokens after the `cached` ones and no video, and returns the
+    /// position ids of its whole sequence.
+    fn positions(&self, prompt: &Prompt<'_>, cached: usize) -> Result<RopeIndex, ModelError> {
+        let ids = prompt.input_ids;
+        if cached >= ids.len() {
+            return Err(ModelError::Input {
+                reason: format!(
+                    "{} tokens given but {cached} are already cached: nothing to run",
+                    ids.len()
+                ),
+            });
+        }
+        if let Some(i) = ids.iter().position(|&t| t == self.cfg.video_token_id) {
+            return Err(ModelError::Input {
+                reason: format!("token {i} is <|video_pad|>: video input is not supported yet"),
+            });
+        }
+        let merge = self.cfg.vision_config.spatial_merge_size;
+        rope_index(ids, self.cfg.image_token_id, prompt.grids, merge)
     }
 
     /// Token embeddings of `tail` with its `<|image_pad|>` rows replaced by the last rows of

@@ -8,7 +8,8 @@
 //!
 //! The KV cache ([`KvCache`]) keeps one `(key, value)` pair per layer, keys already rotated,
 //! and grows by concatenation; cloning it is cheap (tensors are reference-counted), which is
-//! what a shared-prefix cache needs.
+//! what a shared-prefix cache needs. A cache of batch 1 extended by a batch of `b` rows is
+//! repeated to `b` rows first, so one cached prefix serves a whole batch.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Activation, Embedding, VarBuilder};
@@ -38,17 +39,46 @@ impl KvCache {
             .unwrap_or(0)
     }
 
-    /// Appends `k`, `v` (`[b, kv_heads, new, d]`) for `layer` and returns the full keys and values.
+    /// Sequences stored side by side (the batch dimension; 0 when empty). A cache of batch 1
+    /// can be extended by a batch of any size: its contents are then shared by every row.
+    pub fn batch_size(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .and_then(|(k, _)| k.dim(0).ok())
+            .unwrap_or(0)
+    }
+
+    /// Appends `k`, `v` (`[b, kv_heads, new, d]`) for `layer` and returns the full keys and
+    /// values. Cached entries of batch 1 are repeated to batch `b` first (a shared prefix);
+    /// any other batch mismatch is an error.
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
             self.layers.resize(layer + 1, None);
         }
         let (k, v) = match self.layers[layer].take() {
             None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            Some((pk, pv)) => {
+                let (pk, pv) = (
+                    broadcast_batch(pk, k.dim(0)?)?,
+                    broadcast_batch(pv, v.dim(0)?)?,
+                );
+                (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+            }
         };
         self.layers[layer] = Some((k.clone(), v.clone()));
         Ok((k, v))
+    }
+}
+
+/// `cached` (`[1 or b, kv_heads, seq, d]`) with batch `b`: repeated (and made contiguous, as
+/// the concatenation that follows copies it anyway) when it holds one row.
+fn broadcast_batch(cached: Tensor, b: usize) -> Result<Tensor> {
+    let (cb, heads, seq, d) = cached.dims4()?;
+    match cb {
+        _ if cb == b => Ok(cached),
+        1 => cached.expand((b, heads, seq, d))?.contiguous(),
+        _ => candle_core::bail!("KV cache holds batch {cb} but {b} rows were given"),
     }
 }
 
@@ -298,5 +328,52 @@ impl TextModel {
     /// The configuration the model was built with.
     pub fn config(&self) -> &TextConfig {
         &self.cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(b: usize, seq: usize, value: f32) -> Tensor {
+        Tensor::full(value, (b, 2, seq, 4), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_batch_one_prefix_is_repeated_to_the_new_batch() {
+        let mut cache = KvCache::new();
+        cache
+            .append(0, filled(1, 3, 1.0), filled(1, 3, 2.0))
+            .unwrap();
+        assert_eq!((cache.seq_len(), cache.batch_size()), (3, 1));
+        let mut batch = cache.clone();
+        let (k, v) = batch
+            .append(0, filled(5, 2, 7.0), filled(5, 2, 8.0))
+            .unwrap();
+        assert_eq!(k.dims(), &[5, 2, 5, 4]);
+        let row0 = k.get(0).unwrap().get(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(
+            row0.iter().map(|r| r[3]).collect::<Vec<_>>(),
+            [1.0, 1.0, 1.0, 7.0, 7.0]
+        );
+        let row4 = v.get(4).unwrap().get(1).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(
+            row4.iter().map(|r| r[0]).collect::<Vec<_>>(),
+            [2.0, 2.0, 2.0, 8.0, 8.0]
+        );
+        assert_eq!((batch.seq_len(), batch.batch_size()), (5, 5));
+        // The shared prefix is unchanged.
+        assert_eq!((cache.seq_len(), cache.batch_size()), (3, 1));
+    }
+
+    #[test]
+    fn other_batch_mismatches_are_errors() {
+        let mut cache = KvCache::new();
+        cache
+            .append(0, filled(2, 3, 1.0), filled(2, 3, 1.0))
+            .unwrap();
+        assert!(cache
+            .append(0, filled(3, 1, 1.0), filled(3, 1, 1.0))
+            .is_err());
     }
 }
