@@ -109,13 +109,15 @@ fn a_single_caller_runs_alone_after_max_wait() {
     assert_eq!((stats.batches, stats.max_batch_size()), (5, 1));
 }
 
-/// A batch function that reports each batch on `started` and then blocks until `release`
-/// sends a unit (or is dropped).
-fn gated() -> (
-    impl FnMut(Vec<u64>) -> Vec<u64>,
-    mpsc::Receiver<Vec<u64>>,
-    mpsc::Sender<()>,
-) {
+/// The test's side of [`gated`]: each batch's requests as it starts, and its release.
+struct Gate {
+    started: mpsc::Receiver<Vec<u64>>,
+    release: mpsc::Sender<()>,
+}
+
+/// A batch function that reports each batch on `Gate::started` and then blocks until
+/// `Gate::release` sends a unit (or is dropped).
+fn gated() -> (impl FnMut(Vec<u64>) -> Vec<u64>, Gate) {
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel::<()>();
     let run = move |reqs: Vec<u64>| {
@@ -123,12 +125,12 @@ fn gated() -> (
         let _ = release_rx.recv();
         reqs
     };
-    (run, started, release)
+    (run, Gate { started, release })
 }
 
 #[test]
 fn a_full_queue_rejects_at_once_and_submit_wait_blocks_for_room() {
-    let (run, started, release) = gated();
+    let (run, Gate { started, release }) = gated();
     let batcher = Batcher::new(cfg(1, 0, 2), run).unwrap();
     let a = batcher.submit(1).unwrap();
     assert_eq!(
