@@ -63,6 +63,9 @@ pub enum EngineError {
         /// What happened and where to put the files instead.
         reason: String,
     },
+    /// The dynamic batcher refused or lost a job (queue full, shut down, a failed batch).
+    #[error(transparent)]
+    Scheduler(#[from] crate::scheduler::SchedulerError),
     /// A caller-supplied value is invalid (dtype name, sampling parameter, prompt).
     #[error("invalid input: {reason}")]
     Input {
