@@ -1,0 +1,13 @@
+//! SafeGuard evaluation harness.
+//!
+//! - [`dataset`]: benchmark loaders — SafeEditBench and UnsafeBench parquet, UnsafeBench CSV,
+//!   LlavaGuard JSON and our JSONL manifest — into one [`dataset::Dataset`] of
+//!   [`dataset::Item`]s (image, policy name, true verdict, category, pair, source) and the
+//!   [`safeguard_core::Policy`]s they name, with bad rows skipped and reported
+//!   ([`dataset::BadRow`]) or fatal under `strict`.
+//!
+//! Errors are [`EvalError`]s; each names the file, and for a row its 0-based index and field.
+
+pub mod dataset;
+mod error;
+pub use error::EvalError;

@@ -1,0 +1,4 @@
+//! Integration tests of safeguard-eval (one test binary; fixtures are generated in temp dirs).
+
+mod common;
+mod jsonl;
