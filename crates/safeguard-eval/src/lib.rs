@@ -5,9 +5,12 @@
 //!   [`dataset::Item`]s (image, policy name, true verdict, category, pair, source) and the
 //!   [`safeguard_core::Policy`]s they name, with bad rows skipped and reported
 //!   ([`dataset::BadRow`]) or fatal under `strict`.
+//! - [`demo`]: writes a small generated benchmark in SafeEditBench's parquet layout, so the
+//!   whole evaluation path runs offline.
 //!
 //! Errors are [`EvalError`]s; each names the file, and for a row its 0-based index and field.
 
 pub mod dataset;
+pub mod demo;
 mod error;
 pub use error::EvalError;

@@ -1,4 +1,9 @@
 //! Integration tests of safeguard-eval (one test binary; fixtures are generated in temp dirs).
 
 mod common;
+mod demo;
+mod detect;
 mod jsonl;
+mod llavaguard;
+mod safeeditbench;
+mod unsafebench;
