@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -239,4 +239,82 @@ fn a_dead_remote_endpoint_is_an_error_per_image_naming_it() {
 
     let err = fails(&["check", &images(), "--backend", "remote"]);
     assert!(err.contains("--endpoint"), "{err}");
+}
+
+fn tiny_guard() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../safeguard-engine/tests/fixtures/tiny-guard")
+}
+
+#[test]
+fn the_local_backend_judges_with_scores_and_rules_hit() {
+    let dir = tiny_guard();
+    let model = dir.to_str().unwrap();
+    let a = dir.join("image-a.png");
+    let b = dir.join("image-b.png");
+    let out = safeguard(&[
+        "check",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--model",
+        model,
+        "--json",
+        "--fail-on-unsafe",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "image A is unsafe: {stderr}");
+    assert!(stderr.contains("backend: local"), "{stderr}");
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["backend"], "local");
+    assert_eq!(rows[0]["verdict"], "unsafe");
+    assert_eq!(rows[0]["rules_hit"], serde_json::json!(["sexual"]));
+    assert!(rows[0]["p_unsafe"].as_f64().unwrap() > 0.9);
+    assert_eq!(rows[1]["verdict"], "safe");
+    assert_eq!(rows[1]["rules"].as_array().unwrap().len(), 6);
+
+    // Reason mode: the trained rationale and answer come back.
+    let out = ok(&[
+        "check",
+        b.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--model",
+        model,
+        "--mode",
+        "reason",
+        "--json",
+    ]);
+    let rows = json_lines(&out);
+    assert_eq!(rows[0]["verdict"], "safe");
+    assert_eq!(rows[0]["rationale"], "blue stripes");
+
+    // An answer cut short has no verdict: an error unless --on-unparsable says otherwise.
+    let short = [
+        "check",
+        b.to_str().unwrap(),
+        "--model",
+        model,
+        "--mode",
+        "reason",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ];
+    let out = safeguard(&short);
+    assert_eq!(out.status.code(), Some(2));
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("no verdict"),
+        "{rows:?}"
+    );
+    let mut fallback = short.to_vec();
+    fallback.extend(["--on-unparsable", "unsafe"]);
+    let rows = json_lines(&ok(&fallback));
+    assert_eq!(rows[0]["verdict"], "unsafe");
+    assert!(rows[0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("--on-unparsable"));
 }

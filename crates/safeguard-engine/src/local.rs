@@ -208,11 +208,7 @@ impl LocalGuard {
     /// The token ids of `policy`'s prompt prefix under `format` and the keys/values after them
     /// (from the cache, or computed and stored).
     fn prefix(&self, policy: &Policy, format: Format) -> Result<(Vec<u32>, KvCache), Error> {
-        let rendered = prompt::render(&PromptSpec::new(policy, format));
-        let ids = self
-            .tokenizer
-            .encode(&rendered.prefix)
-            .map_err(backend_error)?;
+        let ids = self.prefix_ids(policy, format)?;
         if let Some(kv) = self.cache.lock().expect("prefix cache lock").get(&ids) {
             return Ok((ids, kv));
         }
@@ -263,6 +259,34 @@ impl LocalGuard {
             embeds,
             block,
         })
+    }
+
+    /// The tokens of the prompt prefix (system prompt and policy, up to the image).
+    fn prefix_ids(&self, policy: &Policy, format: Format) -> Result<Vec<u32>, Error> {
+        let rendered = prompt::render(&PromptSpec::new(policy, format));
+        self.tokenizer
+            .encode(&rendered.prefix)
+            .map_err(backend_error)
+    }
+
+    /// The whole prompt's token ids as the guard runs them: prefix, the image block with
+    /// `image_tokens` pads, and the question (`None` = the default one) with the format's
+    /// instruction. Tokenizing the pieces apart equals tokenizing the whole text, because the
+    /// image block's special tokens split the text before BPE (tested).
+    pub fn prompt_ids(
+        &self,
+        policy: &Policy,
+        format: Format,
+        question: Option<&str>,
+        image_tokens: usize,
+    ) -> Result<Vec<u32>, Error> {
+        let cfg = &self.loaded.config;
+        let mut ids = self.prefix_ids(policy, format)?;
+        ids.push(cfg.vision_start_token_id);
+        ids.extend(std::iter::repeat_n(cfg.image_token_id, image_tokens));
+        ids.push(cfg.vision_end_token_id);
+        ids.extend(self.suffix(policy, format, question)?);
+        Ok(ids)
     }
 
     /// The tokens after the image block for `question` (None = the default question).

@@ -5,5 +5,6 @@ mod batch_scheduler;
 mod common;
 mod decoding;
 mod loading;
+mod local_guard;
 mod parity;
 mod tokenizer;
