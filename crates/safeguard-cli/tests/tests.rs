@@ -1,6 +1,7 @@
 //! Integration tests for the `safeguard` binary.
 
 mod check_cmd;
+mod eval_cmd;
 mod cli_common;
 mod forward;
 mod metrics_cmd;

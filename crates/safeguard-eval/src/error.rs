@@ -132,6 +132,15 @@ pub enum EvalError {
         #[source]
         source: image::ImageError,
     },
+    /// An evaluation run that cannot start or continue (an existing run without --resume, a
+    /// resume that differs from the run on disk, a corrupt predictions line).
+    #[error("{}: {reason}", path.display())]
+    Run {
+        /// The run directory or the file in it.
+        path: PathBuf,
+        /// What is wrong and what would fix it.
+        reason: String,
+    },
 }
 
 fn first_reason(first: &Option<String>) -> String {

@@ -5,6 +5,8 @@
 //!   [`dataset::Item`]s (image, policy name, true verdict, category, pair, source) and the
 //!   [`safeguard_core::Policy`]s they name, with bad rows skipped and reported
 //!   ([`dataset::BadRow`]) or fatal under `strict`.
+//! - [`runner`]: a dataset through a `Guard` into a resumable run directory (run.json,
+//!   predictions.jsonl, summary.json, thumbnails of the errors).
 //! - [`demo`]: writes a small generated benchmark in SafeEditBench's parquet layout, so the
 //!   whole evaluation path runs offline.
 //!
@@ -12,5 +14,6 @@
 
 pub mod dataset;
 pub mod demo;
+pub mod runner;
 mod error;
 pub use error::EvalError;

@@ -128,7 +128,16 @@ impl JudgeArgs {
     }
 }
 
-pub fn build(args: &BackendArgs) -> anyhow::Result<Box<dyn Guard>> {
+/// A built backend and the model it runs, for records such as an evaluation's run.json.
+pub struct Built {
+    /// The guard.
+    pub guard: Box<dyn Guard>,
+    /// The model directory or id (local), the served model name (remote), `open_nsfw` (lite).
+    pub model: Option<String>,
+}
+
+/// Builds the backend the flags, environment and config file select; prints which on stderr.
+pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
     let (config, config_path) = crate::config::load()?;
     let model = args.model.clone().or(config.model.clone());
     let endpoints = if args.endpoints.is_empty() {
@@ -152,7 +161,10 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Box<dyn Guard>> {
                 "backend: lite (embedded open_nsfw; judges only the sexual/nudity rules of a policy; \
                  give --model for the Qwen2.5-VL guard)"
             );
-            Ok(Box::new(LiteGuard::new(decode_limits(args))?))
+            Ok(Built {
+                guard: Box::new(LiteGuard::new(decode_limits(args))?),
+                model: Some("open_nsfw".into()),
+            })
         }
         Backend::Local => {
             let Some(model) = model else {
@@ -193,7 +205,10 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Box<dyn Guard>> {
             };
             let guard = LocalGuard::load(&dir, opts)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
-            Ok(Box::new(guard))
+            Ok(Built {
+                guard: Box::new(guard),
+                model: Some(dir.display().to_string()),
+            })
         }
         Backend::Remote => {
             if endpoints.is_empty() {
@@ -220,7 +235,10 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Box<dyn Guard>> {
                 "backend: remote ({remote_model} at {})",
                 endpoints.join(", ")
             );
-            Ok(Box::new(RemoteGuard::new(cfg)?))
+            Ok(Built {
+                guard: Box::new(RemoteGuard::new(cfg)?),
+                model: Some(remote_model),
+            })
         }
         Backend::Auto => unreachable!("auto is resolved above"),
     }

@@ -113,7 +113,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     args.judging.validate()?;
     let policy = super::policy::load(&args.policy, &args.allow, &args.prohibit)?;
     let paths = expand(&args.images)?;
-    let guard = backend::build(&args.backend)?;
+    let guard = backend::build(&args.backend)?.guard;
     let judging = &args.judging;
     let format = judging.mode.format();
     let progress = progress_bar(paths.len());

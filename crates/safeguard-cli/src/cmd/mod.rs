@@ -2,7 +2,9 @@
 
 mod backend;
 mod check;
+mod data;
 mod debug;
+mod eval;
 mod metrics;
 mod policy;
 
@@ -25,6 +27,12 @@ enum Command {
     /// List, show and render safety policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run a benchmark (SafeEditBench, UnsafeBench, LlavaGuardBench, JSONL) through a guard
+    /// into a resumable run directory with predictions and metrics.
+    Eval(eval::EvalArgs),
+    /// Dataset tools: the generated demo benchmark.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Compute benchmark metrics from a predictions file (JSONL or CSV).
     Metrics(metrics::MetricsArgs),
     /// Low-level tools for checking parity with the reference implementation.
@@ -37,6 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Data(cmd) => data::run(cmd),
         Command::Metrics(args) => metrics::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
