@@ -7,3 +7,4 @@ mod forward;
 mod metrics_cmd;
 mod policy_cmd;
 mod preprocess;
+mod report_cmd;

@@ -14,6 +14,7 @@
 
 pub mod dataset;
 pub mod demo;
+pub mod report;
 pub mod runner;
 mod error;
 pub use error::EvalError;

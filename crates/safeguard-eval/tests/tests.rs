@@ -5,5 +5,6 @@ mod demo;
 mod detect;
 mod jsonl;
 mod llavaguard;
+mod report;
 mod safeeditbench;
 mod unsafebench;

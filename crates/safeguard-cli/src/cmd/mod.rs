@@ -7,6 +7,7 @@ mod debug;
 mod eval;
 mod metrics;
 mod policy;
+mod report;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,8 @@ enum Command {
     Data(data::DataCommand),
     /// Compute benchmark metrics from a predictions file (JSONL or CSV).
     Metrics(metrics::MetricsArgs),
+    /// Evaluation runs side by side: one self-contained HTML report (and Markdown tables).
+    Report(report::ReportArgs),
     /// Low-level tools for checking parity with the reference implementation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Metrics(args) => metrics::run(args),
+        Command::Report(args) => report::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
