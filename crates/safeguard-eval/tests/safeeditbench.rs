@@ -80,7 +80,8 @@ fn a_directory_of_parquet_files_is_read_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let all = rows();
+    let mut all = rows();
+    all.push(row("unsafe/O4/0003.jpg", 7, "L4", L4_TEXT));
     write_safeeditbench(&data.join("part-0.parquet"), &all[..2], Compression::SNAPPY).unwrap();
     write_safeeditbench(
         &data.join("part-1.parquet"),
@@ -93,6 +94,16 @@ fn a_directory_of_parquet_files_is_read_in_order() {
     assert_eq!(ds.name, dir.path().file_name().unwrap().to_string_lossy());
     assert_eq!(ds.items[2].id, "L4/unsafe/O2/0001.jpg");
     assert_eq!(ds.items[0].pair_id.as_deref(), Some("O2/0001"));
+    // With several files, a bad row's reason names its file; the index is within that file.
+    assert_eq!(ds.skipped.len(), 1);
+    assert_eq!(ds.skipped[0].index, 3);
+    assert!(
+        ds.skipped[0]
+            .reason
+            .starts_with("part-1.parquet: field `safety_label`"),
+        "{}",
+        ds.skipped[0].reason
+    );
 }
 
 #[test]
