@@ -14,7 +14,7 @@
 
 pub mod dataset;
 pub mod demo;
+mod error;
 pub mod report;
 pub mod runner;
-mod error;
 pub use error::EvalError;
