@@ -1,8 +1,8 @@
 //! Integration tests for the `safeguard` binary.
 
 mod check_cmd;
-mod eval_cmd;
 mod cli_common;
+mod eval_cmd;
 mod forward;
 mod metrics_cmd;
 mod policy_cmd;
