@@ -18,6 +18,7 @@
 //!
 //! The `cuda` feature builds candle with CUDA (needs nvcc; off by default).
 
+pub mod chat;
 pub mod hub;
 pub mod local;
 pub mod prefix_cache;

@@ -593,6 +593,26 @@ impl LocalGuard {
         judgement.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         Ok(judgement)
     }
+
+    /// The model, for [`crate::chat`].
+    pub(crate) fn model(&self) -> &safeguard_model::qwen2_5_vl::Qwen2_5VlModel {
+        &self.loaded.model
+    }
+
+    /// The image preprocessing (pixel bounds already overridden), for [`crate::chat`].
+    pub(crate) fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// The limits on untrusted image input, for [`crate::chat`].
+    pub(crate) fn decode_limits(&self) -> &DecodeLimits {
+        &self.opts.limits
+    }
+
+    /// The device the model runs on, for [`crate::chat`].
+    pub(crate) fn device(&self) -> &candle_core::Device {
+        &self.opts.load.device
+    }
 }
 
 /// Prohibited rules of `policy` named by the output: a category id (`O3`, `O3: Sexual

@@ -2,6 +2,7 @@
 
 mod batch_forward;
 mod batch_scheduler;
+mod chat;
 mod common;
 mod decoding;
 mod loading;

@@ -141,6 +141,9 @@ pub enum EvalError {
         /// What is wrong and what would fix it.
         reason: String,
     },
+    /// A run directory that a report cannot read.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 fn first_reason(first: &Option<String>) -> String {

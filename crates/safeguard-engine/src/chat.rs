@@ -1,0 +1,557 @@
+//! Chat on the local model: [`LocalGuard::chat`] runs a multimodal conversation
+//! ([`ChatRequest`]: messages of text and image parts, sampling parameters, stop strings) through
+//! the Qwen2.5-VL chat template and generates the assistant's answer, reporting each new piece of
+//! text as it is decoded (for streaming).
+//!
+//! The prompt is [`render_chat`] of the messages with every image part expanded to its
+//! `<|image_pad|>` tokens, tokenized as one text, exactly as the Python processor builds it
+//! ([`LocalGuard::prepare_chat`] exposes it). Images go through the guard's own decode limits and
+//! preprocessing ([`decode_and_preprocess`]) and the vision tower, one image at a time.
+//!
+//! Generation stops at `<|im_end|>`/`<|endoftext|>` (not part of the text), at the first
+//! occurrence of a stop string in the decoded text (cut before it), or after `max_tokens` new
+//! tokens. Streamed pieces never contain a stop string nor half of a UTF-8 character: text that
+//! could still become the start of a stop string is held back until it cannot. The streamed
+//! pieces concatenate to [`ChatOutput::text`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
+use safeguard_vision::{decode_and_preprocess, VisionError};
+
+use crate::sampling::{Sampler, SamplingParams};
+pub use crate::tokenizer::Role;
+use crate::tokenizer::{render_chat, Message, Part, IMAGE_PAD, VISION_END, VISION_START};
+use crate::{EngineError, LocalGuard};
+
+/// Most stop strings a request may give (as OpenAI: 4).
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// One part of a chat message.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ChatPart {
+    /// Text, inserted verbatim.
+    Text(String),
+    /// An encoded image (JPEG, PNG, WebP, GIF, BMP or TIFF), checked against the guard's
+    /// decode limits.
+    Image(Vec<u8>),
+}
+
+/// Never prints image bytes (they may reach logs).
+impl fmt::Debug for ChatPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatPart::Text(text) => f.debug_tuple("Text").field(text).finish(),
+            ChatPart::Image(bytes) => write!(f, "Image(<{} bytes>)", bytes.len()),
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Speaker.
+    pub role: Role,
+    /// Content, in order.
+    pub parts: Vec<ChatPart>,
+}
+
+impl ChatMessage {
+    /// A message made of one text part.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            parts: vec![ChatPart::Text(text.into())],
+        }
+    }
+}
+
+/// A conversation to continue, and how to sample the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The conversation; the answer follows its last message. At least one.
+    pub messages: Vec<ChatMessage>,
+    /// Most new tokens (the stop token included).
+    pub max_tokens: usize,
+    /// 0 = greedy; otherwise logits are divided by it (≥ 0, finite).
+    pub temperature: f64,
+    /// Nucleus sampling mass, in (0, 1] (1 = off).
+    pub top_p: f64,
+    /// RNG seed: the same seed and request give the same answer.
+    pub seed: u64,
+    /// Stop strings (at most [`MAX_STOP_STRINGS`], none empty): the answer ends before the
+    /// first occurrence of any of them.
+    pub stop: Vec<String>,
+}
+
+impl Default for ChatRequest {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why the answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI name: `stop` or `length`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// The answer to a [`ChatRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatOutput {
+    /// The answer, without the stop token and cut before a stop string.
+    pub text: String,
+    /// Every generated token id, a final stop token included.
+    pub completion_ids: Vec<u32>,
+    /// Tokens of the prompt (image pads included).
+    pub prompt_tokens: usize,
+    /// Tokens generated (`completion_ids.len()`).
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// What can go wrong in [`LocalGuard::chat`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// An image part could not be decoded or is over the limits (`index` counts the image
+    /// parts of the whole conversation from 0).
+    #[error("image {index}: {source}")]
+    Image {
+        /// Which image.
+        index: usize,
+        /// The cause.
+        #[source]
+        source: VisionError,
+    },
+    /// The request is invalid: no messages, a sampling parameter out of range, bad stop
+    /// strings, or text that contains image placeholder tokens.
+    #[error("invalid chat request: {reason}")]
+    Invalid {
+        /// What is wrong and what would fix it.
+        reason: String,
+    },
+    /// The caller's cancel flag was set before the answer was complete.
+    #[error("cancelled")]
+    Cancelled,
+    /// Tokenizing or running the model failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<candle_core::Error> for ChatError {
+    fn from(e: candle_core::Error) -> Self {
+        ChatError::Engine(e.into())
+    }
+}
+
+impl From<safeguard_model::ModelError> for ChatError {
+    fn from(e: safeguard_model::ModelError) -> Self {
+        ChatError::Engine(e.into())
+    }
+}
+
+/// A chat prompt ready to run: its text, token ids and image embeddings.
+#[derive(Debug, Clone)]
+pub struct PreparedChat {
+    /// The rendered chat template, image pads expanded, ending with
+    /// `<|im_start|>assistant\n`.
+    pub text: String,
+    /// Its token ids.
+    pub input_ids: Vec<u32>,
+    /// `[t, h, w]` in patches of every image, in order.
+    pub grids: Vec<[usize; 3]>,
+    /// All images' embeddings, concatenated (`None` without images).
+    embeds: Option<Tensor>,
+}
+
+/// Checks what the model does not check itself.
+fn validate(req: &ChatRequest) -> Result<(), ChatError> {
+    let invalid = |reason: String| Err(ChatError::Invalid { reason });
+    if req.messages.is_empty() {
+        return invalid("no messages: give at least one".into());
+    }
+    if !(req.temperature.is_finite() && req.temperature >= 0.0) {
+        return invalid(format!("temperature {} must be ≥ 0", req.temperature));
+    }
+    if !(req.top_p > 0.0 && req.top_p <= 1.0) {
+        return invalid(format!("top_p {} must be in (0, 1]", req.top_p));
+    }
+    if req.stop.len() > MAX_STOP_STRINGS {
+        return invalid(format!(
+            "{} stop strings given, at most {MAX_STOP_STRINGS} allowed",
+            req.stop.len()
+        ));
+    }
+    if req.stop.iter().any(String::is_empty) {
+        return invalid("a stop string is empty".into());
+    }
+    for message in &req.messages {
+        for part in &message.parts {
+            if let ChatPart::Text(text) = part {
+                for marker in [IMAGE_PAD, VISION_START, VISION_END, "<|video_pad|>"] {
+                    if text.contains(marker) {
+                        return invalid(format!(
+                            "text contains the image placeholder {marker}: send images as image parts"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LocalGuard {
+    /// Decodes and embeds the images of `req` and renders and tokenizes its prompt.
+    pub fn prepare_chat(&self, req: &ChatRequest) -> Result<PreparedChat, ChatError> {
+        validate(req)?;
+        let model = self.model();
+        let preprocess = self.preprocess_config();
+        let mut grids = Vec::new();
+        let mut embeds = Vec::new();
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for message in &req.messages {
+            let mut parts = Vec::with_capacity(message.parts.len());
+            for part in &message.parts {
+                match part {
+                    ChatPart::Text(text) => parts.push(Part::Text(text.clone())),
+                    ChatPart::Image(bytes) => {
+                        let index = grids.len();
+                        let pre = decode_and_preprocess(bytes, self.decode_limits(), preprocess)
+                            .map_err(|source| ChatError::Image { index, source })?;
+                        let dim = preprocess.patch_dim();
+                        let rows = pre.pixel_values.len() / dim;
+                        let pixel_values =
+                            Tensor::from_vec(pre.pixel_values, (rows, dim), self.device())?;
+                        embeds.push(model.embed_images(&VisionInputs {
+                            pixel_values,
+                            grid_thw: vec![pre.grid_thw],
+                        })?);
+                        parts.push(Part::Image {
+                            tokens: model.image_tokens(pre.grid_thw),
+                        });
+                        grids.push(pre.grid_thw);
+                    }
+                }
+            }
+            messages.push(Message {
+                role: message.role,
+                parts,
+            });
+        }
+        let text = render_chat(&messages, true);
+        let input_ids = self.tokenizer().encode(&text)?;
+        let embeds = match embeds.len() {
+            0 => None,
+            1 => embeds.pop(),
+            _ => Some(Tensor::cat(&embeds, 0)?),
+        };
+        Ok(PreparedChat {
+            text,
+            input_ids,
+            grids,
+            embeds,
+        })
+    }
+
+    /// Answers the conversation of `req` (see the module docs). `on_token` receives each new
+    /// piece of the answer's text as soon as it is final; the pieces concatenate to
+    /// [`ChatOutput::text`]. Blocking: runs the whole generation on the calling thread.
+    pub fn chat(
+        &self,
+        req: &ChatRequest,
+        on_token: impl FnMut(&str),
+    ) -> Result<ChatOutput, ChatError> {
+        self.chat_until(req, &AtomicBool::new(false), on_token)
+    }
+
+    /// [`LocalGuard::chat`] that gives up with [`ChatError::Cancelled`] once `cancel` is set
+    /// (checked before each decoding step; a client that went away).
+    pub fn chat_until(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_token: impl FnMut(&str),
+    ) -> Result<ChatOutput, ChatError> {
+        let prepared = self.prepare_chat(req)?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ChatError::Cancelled);
+        }
+        self.chat_prepared(&prepared, req, cancel, on_token)
+    }
+
+    /// [`LocalGuard::chat_until`] on an already prepared prompt (sampling parameters and stop
+    /// strings are read from `req`, its messages are not looked at again).
+    pub fn chat_prepared(
+        &self,
+        prepared: &PreparedChat,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        mut on_token: impl FnMut(&str),
+    ) -> Result<ChatOutput, ChatError> {
+        validate(req)?;
+        let special = self.tokenizer().special();
+        let stop_ids = [special.im_end, special.endoftext];
+        let mut sampler = Sampler::new(SamplingParams {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: 0,
+            max_new_tokens: req.max_tokens,
+            stop_tokens: stop_ids.to_vec(),
+            seed: req.seed,
+        })?;
+        let mut out = ChatOutput {
+            text: String::new(),
+            completion_ids: Vec::new(),
+            prompt_tokens: prepared.input_ids.len(),
+            completion_tokens: 0,
+            finish_reason: FinishReason::Length,
+        };
+        if req.max_tokens == 0 {
+            return Ok(out);
+        }
+        let model = self.model();
+        let mut ids = prepared.input_ids.clone();
+        let base = Prompt {
+            input_ids: &prepared.input_ids,
+            grids: &prepared.grids,
+            image_embeds: prepared.embeds.as_ref(),
+        };
+        let mut cache = KvCache::new();
+        let mut logits = model.forward(&base, &mut cache, Logits::Last)?;
+        let mut text = TextStream::new(&req.stop);
+        let mut answer = Vec::new();
+        loop {
+            let chosen = sampler.sample(&logits.to_vec1::<f32>()?)?;
+            out.completion_ids.push(chosen.token);
+            if stop_ids.contains(&chosen.token) {
+                out.finish_reason = FinishReason::Stop;
+                break;
+            }
+            answer.push(chosen.token);
+            let decoded = self.tokenizer().decode(&answer, true)?;
+            if text.push(&decoded, &mut on_token) {
+                out.finish_reason = FinishReason::Stop;
+                break;
+            }
+            if out.completion_ids.len() >= req.max_tokens {
+                break;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ChatError::Cancelled);
+            }
+            ids.push(chosen.token);
+            let step = Prompt {
+                input_ids: &ids,
+                ..base
+            };
+            logits = model.forward(&step, &mut cache, Logits::Last)?;
+        }
+        out.text = text.finish(&mut on_token);
+        out.completion_tokens = out.completion_ids.len();
+        Ok(out)
+    }
+}
+
+/// Turns the decoded text of a growing answer into final pieces: cut at stop strings, hold back
+/// a possible start of a stop string and a trailing incomplete UTF-8 character.
+#[derive(Debug)]
+struct TextStream<'a> {
+    stop: &'a [String],
+    /// What was handed out so far.
+    emitted: String,
+    /// The latest decoded text.
+    latest: String,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        Self {
+            stop,
+            emitted: String::new(),
+            latest: String::new(),
+        }
+    }
+
+    /// Takes the whole decoded answer so far; emits what became final. Returns true when a stop
+    /// string appeared (the text is then cut before it and complete).
+    fn push(&mut self, decoded: &str, on_token: &mut impl FnMut(&str)) -> bool {
+        self.latest = decoded.to_string();
+        let cut = self
+            .stop
+            .iter()
+            .filter_map(|s| decoded.find(s.as_str()))
+            .min();
+        if let Some(cut) = cut {
+            self.latest.truncate(cut);
+            self.emit(self.latest.len(), on_token);
+            return true;
+        }
+        let mut end = decoded.len();
+        // An incomplete character decodes as U+FFFD until its last byte arrives.
+        while decoded[..end].ends_with('\u{FFFD}') {
+            end -= '\u{FFFD}'.len_utf8();
+        }
+        // The longest tail that a stop string begins with.
+        let hold = self
+            .stop
+            .iter()
+            .flat_map(|s| {
+                let tail = &decoded[..end];
+                (1..s.len().min(tail.len() + 1))
+                    .filter(|&n| tail.is_char_boundary(tail.len() - n))
+                    .filter(move |&n| s.starts_with(&tail[tail.len() - n..]))
+            })
+            .max()
+            .unwrap_or(0);
+        self.emit(end - hold, on_token);
+        false
+    }
+
+    /// Emits `latest[emitted..end]` if the text so far still extends what was emitted.
+    fn emit(&mut self, end: usize, on_token: &mut impl FnMut(&str)) {
+        let start = self.emitted.len();
+        if end <= start
+            || !self.latest.is_char_boundary(end)
+            || !self.latest.starts_with(self.emitted.as_str())
+        {
+            return;
+        }
+        let piece = &self.latest[start..end];
+        on_token(piece);
+        self.emitted.push_str(piece);
+    }
+
+    /// Emits what is left and returns the whole answer.
+    fn finish(mut self, on_token: &mut impl FnMut(&str)) -> String {
+        let end = self.latest.len();
+        self.emit(end, on_token);
+        // If the decoded text ever changed behind what was streamed (not seen with byte-level
+        // BPE), the streamed text is what the client has, so it stays the answer.
+        self.emitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stop: &[&str], steps: &[&str]) -> (Vec<String>, String, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut stream = TextStream::new(&stop);
+        let mut pieces = Vec::new();
+        let mut stopped = false;
+        for step in steps {
+            if stream.push(step, &mut |p| pieces.push(p.to_string())) {
+                stopped = true;
+                break;
+            }
+        }
+        let text = stream.finish(&mut |p| pieces.push(p.to_string()));
+        (pieces, text, stopped)
+    }
+
+    #[test]
+    fn pieces_concatenate_to_the_text() {
+        let (pieces, text, stopped) = run(&[], &["a", "ab", "abc d"]);
+        assert_eq!(pieces, ["a", "b", "c d"]);
+        assert_eq!(text, "abc d");
+        assert!(!stopped);
+    }
+
+    #[test]
+    fn stop_strings_cut_and_are_never_streamed() {
+        let (pieces, text, stopped) = run(&["END"], &["x", "xE", "xEN", "xENDy"]);
+        assert_eq!(text, "x");
+        assert_eq!(pieces.concat(), "x");
+        assert!(stopped);
+        // A held-back prefix that does not become the stop string is released.
+        let (pieces, text, stopped) = run(&["END"], &["xE", "xEa"]);
+        assert_eq!(
+            (pieces.concat(), text.as_str(), stopped),
+            ("xEa".into(), "xEa", false)
+        );
+        assert_eq!(pieces, ["x", "Ea"]);
+    }
+
+    #[test]
+    fn incomplete_characters_are_held_back() {
+        let (pieces, text, _) = run(&[], &["a\u{FFFD}", "aé"]);
+        assert_eq!(pieces, ["a", "é"]);
+        assert_eq!(text, "aé");
+    }
+
+    #[test]
+    fn earliest_stop_string_wins() {
+        let (_, text, stopped) = run(&["cd", "b"], &["abcd"]);
+        assert_eq!(text, "a");
+        assert!(stopped);
+    }
+
+    #[test]
+    fn image_bytes_are_not_printed() {
+        let part = ChatPart::Image(vec![1, 2, 3]);
+        assert_eq!(format!("{part:?}"), "Image(<3 bytes>)");
+    }
+
+    #[test]
+    fn invalid_requests_are_refused() {
+        let ok = ChatRequest {
+            messages: vec![ChatMessage::text(Role::User, "hi")],
+            ..Default::default()
+        };
+        assert!(validate(&ok).is_ok());
+        for bad in [
+            ChatRequest::default(),
+            ChatRequest {
+                temperature: f64::NAN,
+                ..ok.clone()
+            },
+            ChatRequest {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            ChatRequest {
+                stop: vec![String::new()],
+                ..ok.clone()
+            },
+            ChatRequest {
+                stop: vec!["a".into(); 5],
+                ..ok.clone()
+            },
+            ChatRequest {
+                messages: vec![ChatMessage::text(Role::User, "x<|image_pad|>")],
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(validate(&bad), Err(ChatError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}
