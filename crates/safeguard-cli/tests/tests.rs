@@ -1,5 +1,6 @@
 //! Integration tests for the `safeguard` binary.
 
+mod bench_cmd;
 mod check_cmd;
 mod cli_common;
 mod eval_cmd;

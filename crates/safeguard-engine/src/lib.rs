@@ -24,6 +24,7 @@ pub mod local;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod scheduler;
+pub mod shapes;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,6 +1,7 @@
 //! Subcommands. Each module owns its clap arguments and a `run` function.
 
 mod backend;
+mod bench;
 mod check;
 mod data;
 mod debug;
@@ -38,6 +39,8 @@ enum Command {
     Metrics(metrics::MetricsArgs),
     /// Evaluation runs side by side: one self-contained HTML report (and Markdown tables).
     Report(report::ReportArgs),
+    /// Throughput and latency of the local guard (score/reason mode, batch sizes, prefix cache).
+    Bench(bench::BenchArgs),
     /// Low-level tools for checking parity with the reference implementation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(cmd) => data::run(cmd),
         Command::Metrics(args) => metrics::run(args),
         Command::Report(args) => report::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
