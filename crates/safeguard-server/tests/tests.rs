@@ -1,1 +1,5 @@
-//! Integration tests.
+//! Integration tests: the real server on an ephemeral loopback port, called over HTTP.
+
+mod abuse;
+mod api;
+mod common;
