@@ -2,4 +2,5 @@
 
 mod abuse;
 mod api;
+mod chat;
 mod common;
