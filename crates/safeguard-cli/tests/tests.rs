@@ -9,3 +9,4 @@ mod metrics_cmd;
 mod policy_cmd;
 mod preprocess;
 mod report_cmd;
+mod serve_cmd;

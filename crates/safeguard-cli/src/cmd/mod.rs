@@ -9,6 +9,7 @@ mod eval;
 mod metrics;
 mod policy;
 mod report;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Throughput and latency of the local guard (score/reason mode, batch sizes, prefix cache).
     Bench(bench::BenchArgs),
+    /// Serve the moderation API over HTTP (/v1/moderate, OpenAI-compatible /v1/moderations).
+    Serve(serve::ServeArgs),
     /// Low-level tools for checking parity with the reference implementation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Metrics(args) => metrics::run(args),
         Command::Report(args) => report::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }

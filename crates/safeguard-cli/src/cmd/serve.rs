@@ -1,0 +1,132 @@
+//! `safeguard serve`: the moderation API over HTTP (see docs/server.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use safeguard_engine::scheduler::BatcherConfig;
+use safeguard_server::{ApiKeys, AppState, OnError, ServerConfig};
+
+use super::backend::{self, BackendArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnErrorArg {
+    /// Answer guard failures as errors (500 guard_error, 422 unparsable_output).
+    Error,
+    /// Fail closed: answer `unsafe` with a note.
+    Unsafe,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SAFEGUARD_ADDR")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// File of API keys, one per line (`#` comments); requests then need
+    /// `Authorization: Bearer KEY`. Keys are kept only as SHA-256 hashes.
+    #[arg(long, env = "SAFEGUARD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 20 << 20, env = "SAFEGUARD_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
+    /// Requests per second per API key (`N` or `N/s`); unlimited when absent.
+    #[arg(long, value_parser = parse_rate, env = "SAFEGUARD_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Longest time a request may take, in seconds (504 after).
+    #[arg(long, default_value_t = 60.0, env = "SAFEGUARD_REQUEST_TIMEOUT")]
+    pub request_timeout: f64,
+    /// Most images judged together in one guard batch.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Longest time the first image of a batch waits for others, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Most images waiting for the guard; more are refused with 429 queue_full.
+    #[arg(long, default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Most images in one request.
+    #[arg(long, default_value_t = 64)]
+    pub max_images: usize,
+    /// What a guard failure becomes: an error, or `unsafe` (fail closed).
+    #[arg(long, value_enum, default_value = "error", env = "SAFEGUARD_ON_ERROR")]
+    pub on_error: OnErrorArg,
+    /// The model name answered in `model` fields [default: the model directory's name].
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches("/s");
+    match n.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive rate (requests per second, e.g. 10 or 10/s)"
+        )),
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if !(args.request_timeout > 0.0 && args.request_timeout.is_finite()) {
+        bail!("--request-timeout must be a positive number of seconds");
+    }
+    let api_keys = match &args.api_key_file {
+        Some(path) => ApiKeys::from_file(path)?,
+        None => ApiKeys::none(),
+    };
+    if api_keys.is_empty() && !args.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: serving on {} without --api-key-file: anyone who can reach it can use it",
+            args.addr
+        );
+    }
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        rate_limit: args.rate_limit,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        batcher: BatcherConfig {
+            max_batch: args.max_batch,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            queue_capacity: args.queue_capacity,
+        },
+        on_error: match args.on_error {
+            OnErrorArg::Error => OnError::Error,
+            OnErrorArg::Unsafe => OnError::Unsafe,
+        },
+        max_images_per_request: args.max_images,
+    };
+    let built = backend::build(&args.backend)?;
+    let model = args.served_model_name.clone().unwrap_or_else(|| {
+        built
+            .model
+            .as_deref()
+            .map(|m| {
+                let m = m.trim_end_matches(['/', '\\']);
+                m.rsplit(['/', '\\']).next().unwrap_or(m).to_string()
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "safeguard".into())
+    });
+    let guard: Arc<dyn safeguard_core::Guard> = Arc::from(built.guard);
+    let state = Arc::new(AppState::new(guard, model, api_keys, config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("safeguard-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        let local = listener.local_addr()?;
+        eprintln!("listening on http://{local}");
+        safeguard_server::serve(listener, state, safeguard_server::shutdown_signal()).await?;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

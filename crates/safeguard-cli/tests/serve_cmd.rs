@@ -1,0 +1,223 @@
+//! `safeguard serve` as a process on an ephemeral port: raw HTTP requests, and the official
+//! `openai` Python client (skipped with a printed reason when it is not installed).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn tiny_guard() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../safeguard-engine/tests/fixtures/tiny-guard")
+}
+
+/// A running `safeguard serve`, stopped with SIGTERM on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let model = tiny_guard();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+            .args(["serve", "--model"])
+            .arg(&model)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("SAFEGUARD_BACKEND")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start safeguard serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+                eprintln!("[serve] {line}");
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server prints `listening on http://ADDR`");
+        Server { child, addr }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a plain socket (curl-style); returns status and body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("keys.txt");
+    std::fs::write(&path, "# test keys\nsk-test-1\n\nsk-test-2\n").unwrap();
+    path
+}
+
+#[test]
+fn serve_answers_raw_http_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path());
+    let server = Server::start(&["--api-key-file", keys.to_str().unwrap()]);
+    let addr = server.addr.clone();
+    assert_eq!(http(&addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(&addr, "GET", "/readyz", &[], b"").0, 200);
+    let image = std::fs::read(tiny_guard().join("image-a.png")).unwrap();
+    let body = format!(r#"{{"image": "{}", "policy": "L3"}}"#, b64(&image));
+    let json = [("Content-Type", "application/json")];
+    let (status, text) = http(&addr, "POST", "/v1/moderate", &json, body.as_bytes());
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("\"unauthorized\""), "{text}");
+    let authed = [
+        ("Content-Type", "application/json"),
+        ("Authorization", "Bearer sk-test-2"),
+    ];
+    let (status, text) = http(&addr, "POST", "/v1/moderate", &authed, body.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["verdict"], "unsafe", "{v}");
+    assert_eq!(v["model"], "tiny-guard");
+
+    // Multipart, as `curl -F image=@a.png -F policy=L3` sends it.
+    let mut multipart = Vec::new();
+    multipart.extend_from_slice(
+        b"--XBOUNDARY\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n",
+    );
+    multipart.extend_from_slice(&image);
+    multipart.extend_from_slice(
+        b"\r\n--XBOUNDARY\r\nContent-Disposition: form-data; name=\"policy\"\r\n\r\nL3\r\n--XBOUNDARY--\r\n",
+    );
+    let form = [
+        ("Content-Type", "multipart/form-data; boundary=XBOUNDARY"),
+        ("Authorization", "Bearer sk-test-1"),
+    ];
+    let (status, text) = http(&addr, "POST", "/v1/moderate", &form, &multipart);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"unsafe\""), "{text}");
+    let status = server.stop();
+    assert!(status.success(), "SIGTERM → graceful exit, got {status}");
+}
+
+#[test]
+fn serve_rejects_an_empty_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing\n\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args([
+            "serve",
+            "--backend",
+            "lite",
+            "--addr",
+            "127.0.0.1:0",
+            "--api-key-file",
+        ])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no key"));
+}
+
+#[test]
+fn openai_python_client_moderations() {
+    let has_openai = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_openai {
+        eprintln!("skipped: `python3 -c 'import openai'` fails (pip install openai to run it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path());
+    let server = Server::start(&["--api-key-file", keys.to_str().unwrap()]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/tests/openai_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{}/v1", server.addr))
+        .arg("sk-test-1")
+        .arg(tiny_guard().join("image-a.png"))
+        .arg(tiny_guard().join("image-b.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "openai client script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+}
