@@ -166,6 +166,26 @@ fn serve_answers_raw_http_and_stops_gracefully() {
     let (status, text) = http(&addr, "POST", "/v1/moderate", &form, &multipart);
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"unsafe\""), "{text}");
+
+    // Chat completions run on the served local model.
+    let chat = format!(
+        r#"{{"model": "tiny-guard", "max_tokens": 4, "messages": [{{"role": "user", "content": [{{"type": "image_url", "image_url": {{"url": "data:image/png;base64,{}"}}}}, {{"type": "text", "text": "Is this image safe?"}}]}}]}}"#,
+        b64(&image)
+    );
+    let (status, text) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &authed,
+        chat.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
     let status = server.stop();
     assert!(status.success(), "SIGTERM → graceful exit, got {status}");
 }

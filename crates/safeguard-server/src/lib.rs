@@ -76,13 +76,24 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let ready = Arc::clone(&state);
+    let router = app(Arc::clone(&state));
+    serve_router(listener, router, state, shutdown).await
+}
+
+/// [`serve`] for a router built from [`app`] with more layers, e.g. [`chat::with_chat`] to
+/// answer `/v1/chat/completions` on the local model.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let shutdown = async move {
         shutdown.await;
-        ready.set_ready(false);
+        state.set_ready(false);
         tracing::info!("shutting down: finishing requests in flight");
     };
-    axum::serve(listener, app(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! the config file fallbacks, and how outputs without a verdict are counted.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use safeguard_core::guard::{apply_on_unparsable, Guard, Judgement};
@@ -131,7 +132,9 @@ impl JudgeArgs {
 /// A built backend and the model it runs, for records such as an evaluation's run.json.
 pub struct Built {
     /// The guard.
-    pub guard: Box<dyn Guard>,
+    pub guard: Arc<dyn Guard>,
+    /// The same guard when it is the local model (chat completions need the model itself).
+    pub local: Option<Arc<LocalGuard>>,
     /// The model directory or id (local), the served model name (remote), `open_nsfw` (lite).
     pub model: Option<String>,
 }
@@ -162,7 +165,8 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
                  give --model for the Qwen2.5-VL guard)"
             );
             Ok(Built {
-                guard: Box::new(LiteGuard::new(decode_limits(args))?),
+                guard: Arc::new(LiteGuard::new(decode_limits(args))?),
+                local: None,
                 model: Some("open_nsfw".into()),
             })
         }
@@ -205,8 +209,10 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
             };
             let guard = LocalGuard::load(&dir, opts)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            let guard = Arc::new(guard);
             Ok(Built {
-                guard: Box::new(guard),
+                guard: Arc::clone(&guard) as Arc<dyn Guard>,
+                local: Some(guard),
                 model: Some(dir.display().to_string()),
             })
         }
@@ -236,7 +242,8 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
                 endpoints.join(", ")
             );
             Ok(Built {
-                guard: Box::new(RemoteGuard::new(cfg)?),
+                guard: Arc::new(RemoteGuard::new(cfg)?),
+                local: None,
                 model: Some(remote_model),
             })
         }

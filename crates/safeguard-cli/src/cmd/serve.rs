@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use safeguard_engine::scheduler::BatcherConfig;
+use safeguard_server::chat::ChatHandle;
 use safeguard_server::{ApiKeys, AppState, OnError, ServerConfig};
 
 use super::backend::{self, BackendArgs};
@@ -111,8 +112,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "safeguard".into())
     });
-    let guard: Arc<dyn safeguard_core::Guard> = Arc::from(built.guard);
-    let state = Arc::new(AppState::new(guard, model, api_keys, config)?);
+    let state = Arc::new(AppState::new(built.guard, model, api_keys, config)?);
+    // Chat completions run on the local model; other backends answer 501 chat_unavailable.
+    let mut router = safeguard_server::app(Arc::clone(&state));
+    if let Some(local) = built.local {
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        router = safeguard_server::chat::with_chat(router, ChatHandle::new(local, slots));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("safeguard-http")
@@ -124,7 +130,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local}");
-        safeguard_server::serve(listener, state, safeguard_server::shutdown_signal()).await?;
+        safeguard_server::serve_router(
+            listener,
+            router,
+            state,
+            safeguard_server::shutdown_signal(),
+        )
+        .await?;
         eprintln!("stopped");
         anyhow::Ok(())
     })?;
