@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cli_common::{fails, ok};
+use crate::serve_cmd::Server;
 
 fn tiny_guard() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -207,4 +208,47 @@ fn a_resume_with_other_settings_or_a_corrupt_line_is_refused_naming_why() {
         tmp.path().join("y").to_str().unwrap(),
     ]);
     assert!(err.contains("/nonexistent/bench.parquet"), "{err}");
+}
+
+#[test]
+fn the_remote_backend_against_our_own_server_matches_the_local_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = demo(&tmp.path().join("demo"));
+    let model = tiny_guard();
+    let local = tmp.path().join("local");
+    let mut args = eval_args(&dataset, local.to_str().unwrap(), &model);
+    args.extend(["--policies", "L3", "--no-rules"]);
+    ok(&args);
+
+    let server = Server::start(&[]);
+    let endpoint = format!("http://{}/v1", server.addr);
+    let remote = tmp.path().join("remote");
+    ok(&[
+        "eval",
+        "--dataset",
+        &dataset,
+        "--out",
+        remote.to_str().unwrap(),
+        "--policies",
+        "L3",
+        "--backend",
+        "remote",
+        "--endpoint",
+        &endpoint,
+        "--remote-model",
+        "tiny-guard",
+    ]);
+    let by_id = |rows: Vec<Value>| -> std::collections::BTreeMap<String, Value> {
+        rows.into_iter()
+            .map(|r| (r["id"].as_str().unwrap().to_string(), r["pred"].clone()))
+            .collect()
+    };
+    let local_preds = by_id(lines(&local.join("predictions.jsonl")));
+    let remote_preds = by_id(lines(&remote.join("predictions.jsonl")));
+    assert_eq!(local_preds.len(), 12);
+    assert_eq!(
+        remote_preds, local_preds,
+        "same model, same prompt, same verdicts"
+    );
+    assert_eq!(json(&remote.join("run.json"))["backend"], "remote");
 }

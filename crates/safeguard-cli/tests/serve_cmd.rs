@@ -12,14 +12,16 @@ fn tiny_guard() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../safeguard-engine/tests/fixtures/tiny-guard")
 }
 
-/// A running `safeguard serve`, stopped with SIGTERM on drop.
-struct Server {
+/// A running `safeguard serve` on the tiny trained checkpoint, killed on drop.
+pub struct Server {
     child: Child,
-    addr: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Server {
+    /// Starts the server with `extra` flags and waits for its address.
+    pub fn start(extra: &[&str]) -> Server {
         let model = tiny_guard();
         let mut child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
             .args(["serve", "--model"])
