@@ -235,7 +235,6 @@ impl LocalGuard {
             .map_err(|e| Error::InvalidImage {
             message: e.to_string(),
         })?;
-        let cfg = &self.loaded.config;
         let dim = self.preprocess.patch_dim();
         let rows = pre.pixel_values.len() / dim;
         let device = &self.opts.load.device;
@@ -249,16 +248,22 @@ impl LocalGuard {
                 grid_thw: vec![pre.grid_thw],
             })
             .map_err(backend_error)?;
-        let tokens = self.loaded.model.image_tokens(pre.grid_thw);
-        let mut block = Vec::with_capacity(tokens + 2);
-        block.push(cfg.vision_start_token_id);
-        block.extend(std::iter::repeat_n(cfg.image_token_id, tokens));
-        block.push(cfg.vision_end_token_id);
+        let block = self.image_block(self.loaded.model.image_tokens(pre.grid_thw));
         Ok(ImageInput {
             grid: pre.grid_thw,
             embeds,
             block,
         })
+    }
+
+    /// `<|vision_start|>`, `tokens` × `<|image_pad|>`, `<|vision_end|>`.
+    fn image_block(&self, tokens: usize) -> Vec<u32> {
+        let cfg = &self.loaded.config;
+        let mut block = Vec::with_capacity(tokens + 2);
+        block.push(cfg.vision_start_token_id);
+        block.extend(std::iter::repeat_n(cfg.image_token_id, tokens));
+        block.push(cfg.vision_end_token_id);
+        block
     }
 
     /// The tokens of the prompt prefix (system prompt and policy, up to the image).
@@ -280,11 +285,8 @@ impl LocalGuard {
         question: Option<&str>,
         image_tokens: usize,
     ) -> Result<Vec<u32>, Error> {
-        let cfg = &self.loaded.config;
         let mut ids = self.prefix_ids(policy, format)?;
-        ids.push(cfg.vision_start_token_id);
-        ids.extend(std::iter::repeat_n(cfg.image_token_id, image_tokens));
-        ids.push(cfg.vision_end_token_id);
+        ids.extend(self.image_block(image_tokens));
         ids.extend(self.suffix(policy, format, question)?);
         Ok(ids)
     }
