@@ -240,15 +240,28 @@ fn the_remote_backend_against_our_own_server_matches_the_local_backend() {
     ]);
     let by_id = |rows: Vec<Value>| -> std::collections::BTreeMap<String, Value> {
         rows.into_iter()
-            .map(|r| (r["id"].as_str().unwrap().to_string(), r["pred"].clone()))
+            .map(|r| (r["id"].as_str().unwrap().to_string(), r))
             .collect()
     };
-    let local_preds = by_id(lines(&local.join("predictions.jsonl")));
-    let remote_preds = by_id(lines(&remote.join("predictions.jsonl")));
-    assert_eq!(local_preds.len(), 12);
+    let local_rows = by_id(lines(&local.join("predictions.jsonl")));
+    let remote_rows = by_id(lines(&remote.join("predictions.jsonl")));
+    assert_eq!(local_rows.len(), 12);
     assert_eq!(
-        remote_preds, local_preds,
-        "same model, same prompt, same verdicts"
+        remote_rows.keys().collect::<Vec<_>>(),
+        local_rows.keys().collect::<Vec<_>>()
     );
+    for (id, l) in &local_rows {
+        let r = &remote_rows[id];
+        assert_eq!(
+            r["pred"], l["pred"],
+            "{id}: same model, same prompt, same verdict"
+        );
+        // The server's chat logprobs give the remote backend the local score.
+        let (ps, pl) = (r["p_unsafe"].as_f64(), l["p_unsafe"].as_f64());
+        assert!(
+            matches!((ps, pl), (Some(a), Some(b)) if (a - b).abs() < 1e-6),
+            "{id}: remote score {ps:?}, local {pl:?}"
+        );
+    }
     assert_eq!(json(&remote.join("run.json"))["backend"], "remote");
 }

@@ -214,11 +214,18 @@ fn serve_rejects_an_empty_key_file() {
 }
 
 #[test]
-fn openai_python_client_moderations() {
+fn openai_python_client_moderations_and_chat() {
     let has_openai = Command::new("python3")
         .args(["-c", "import openai"])
         .output()
         .is_ok_and(|o| o.status.success());
+    // CI installs the client and sets this, so there the test cannot skip.
+    if std::env::var_os("SAFEGUARD_REQUIRE_OPENAI").is_some() {
+        assert!(
+            has_openai,
+            "SAFEGUARD_REQUIRE_OPENAI is set but `import openai` fails"
+        );
+    }
     if !has_openai {
         eprintln!("skipped: `python3 -c 'import openai'` fails (pip install openai to run it)");
         return;
@@ -233,6 +240,7 @@ fn openai_python_client_moderations() {
         .arg("sk-test-1")
         .arg(tiny_guard().join("image-a.png"))
         .arg(tiny_guard().join("image-b.png"))
+        .arg(tiny_guard().join("reference.json"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -13,6 +13,13 @@
 //! tokens. Streamed pieces never contain a stop string nor half of a UTF-8 character: text that
 //! could still become the start of a stop string is held back until it cannot. The streamed
 //! pieces concatenate to [`ChatOutput::text`].
+//!
+//! With [`ChatRequest::logprobs`] set, every answer token comes with its log-probability and the
+//! most likely alternatives ([`TokenLogprob`]), as OpenAI's `logprobs`/`top_logprobs`: the
+//! log-softmax of the model's raw next-token logits (before temperature and top-p, as vLLM's
+//! default), so a guard prompted through chat is scored exactly as the local score mode scores
+//! it. A stop token is not part of the answer and has no entry; each streamed piece carries the
+//! entries of the tokens decoded since the previous piece ([`ChatDelta`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +35,8 @@ use crate::{EngineError, LocalGuard};
 
 /// Most stop strings a request may give (as OpenAI: 4).
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Most alternatives per token in [`ChatRequest::logprobs`] (as OpenAI and vLLM's default: 20).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// One part of a chat message.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,6 +93,9 @@ pub struct ChatRequest {
     /// Stop strings (at most [`MAX_STOP_STRINGS`], none empty): the answer ends before the
     /// first occurrence of any of them.
     pub stop: Vec<String>,
+    /// `None`: no log-probabilities. `Some(k)`: each answer token's log-probability and its `k`
+    /// most likely alternatives (`k` ≤ [`MAX_TOP_LOGPROBS`]; 0 = the chosen token's only).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for ChatRequest {
@@ -95,6 +107,7 @@ impl Default for ChatRequest {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -131,6 +144,42 @@ pub struct ChatOutput {
     pub completion_tokens: usize,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// One entry per answer token (the stop token excluded) when [`ChatRequest::logprobs`] was
+    /// set, else empty.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// One candidate token and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    /// Token id.
+    pub id: u32,
+    /// The token as text (lossy where it holds part of a UTF-8 character).
+    pub token: String,
+    /// The token's exact bytes.
+    pub bytes: Vec<u8>,
+    /// Natural-log probability under the raw logits.
+    pub logprob: f64,
+}
+
+/// The log-probability of one generated token and of its most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The generated token.
+    pub chosen: TopLogprob,
+    /// The most likely tokens at this position, most likely first (ties: smaller id first);
+    /// [`ChatRequest::logprobs`] of them.
+    pub top: Vec<TopLogprob>,
+}
+
+/// A piece of a streamed answer: new text and the log-probabilities of the tokens decoded since
+/// the previous piece (empty unless asked for). Either may be empty, not both.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatDelta<'a> {
+    /// New text.
+    pub text: &'a str,
+    /// New entries of [`ChatOutput::logprobs`].
+    pub logprobs: &'a [TokenLogprob],
 }
 
 /// What can go wrong in [`LocalGuard::chat`].
@@ -209,6 +258,12 @@ fn validate(req: &ChatRequest) -> Result<(), ChatError> {
     if req.stop.iter().any(String::is_empty) {
         return invalid("a stop string is empty".into());
     }
+    if req.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return invalid(format!(
+            "{} top logprobs asked for, at most {MAX_TOP_LOGPROBS} allowed",
+            req.logprobs.unwrap_or_default()
+        ));
+    }
     for message in &req.messages {
         for part in &message.parts {
             if let ChatPart::Text(text) = part {
@@ -278,15 +333,16 @@ impl LocalGuard {
         })
     }
 
-    /// Answers the conversation of `req` (see the module docs). `on_token` receives each new
-    /// piece of the answer's text as soon as it is final; the pieces concatenate to
-    /// [`ChatOutput::text`]. Blocking: runs the whole generation on the calling thread.
+    /// Answers the conversation of `req` (see the module docs). `on_delta` receives each new
+    /// piece of the answer's text as soon as it is final, with its tokens' log-probabilities;
+    /// the pieces concatenate to [`ChatOutput::text`] and their log-probabilities to
+    /// [`ChatOutput::logprobs`]. Blocking: runs the whole generation on the calling thread.
     pub fn chat(
         &self,
         req: &ChatRequest,
-        on_token: impl FnMut(&str),
+        on_delta: impl FnMut(ChatDelta<'_>),
     ) -> Result<ChatOutput, ChatError> {
-        self.chat_until(req, &AtomicBool::new(false), on_token)
+        self.chat_until(req, &AtomicBool::new(false), on_delta)
     }
 
     /// [`LocalGuard::chat`] that gives up with [`ChatError::Cancelled`] once `cancel` is set
@@ -295,13 +351,13 @@ impl LocalGuard {
         &self,
         req: &ChatRequest,
         cancel: &AtomicBool,
-        on_token: impl FnMut(&str),
+        on_delta: impl FnMut(ChatDelta<'_>),
     ) -> Result<ChatOutput, ChatError> {
         let prepared = self.prepare_chat(req)?;
         if cancel.load(Ordering::Relaxed) {
             return Err(ChatError::Cancelled);
         }
-        self.chat_prepared(&prepared, req, cancel, on_token)
+        self.chat_prepared(&prepared, req, cancel, on_delta)
     }
 
     /// [`LocalGuard::chat_until`] on an already prepared prompt (sampling parameters and stop
@@ -311,7 +367,7 @@ impl LocalGuard {
         prepared: &PreparedChat,
         req: &ChatRequest,
         cancel: &AtomicBool,
-        mut on_token: impl FnMut(&str),
+        mut on_delta: impl FnMut(ChatDelta<'_>),
     ) -> Result<ChatOutput, ChatError> {
         validate(req)?;
         let special = self.tokenizer().special();
@@ -330,6 +386,7 @@ impl LocalGuard {
             prompt_tokens: prepared.input_ids.len(),
             completion_tokens: 0,
             finish_reason: FinishReason::Length,
+            logprobs: Vec::new(),
         };
         if req.max_tokens == 0 {
             return Ok(out);
@@ -345,16 +402,34 @@ impl LocalGuard {
         let mut logits = model.forward(&base, &mut cache, Logits::Last)?;
         let mut text = TextStream::new(&req.stop);
         let mut answer = Vec::new();
+        // Log-probabilities not yet handed out with a piece (from `sent` on).
+        let mut sent = 0;
+        let mut deliver = |piece: &str, logprobs: &[TokenLogprob], sent: &mut usize| {
+            if !piece.is_empty() || logprobs.len() > *sent {
+                on_delta(ChatDelta {
+                    text: piece,
+                    logprobs: &logprobs[*sent..],
+                });
+                *sent = logprobs.len();
+            }
+        };
         loop {
-            let chosen = sampler.sample(&logits.to_vec1::<f32>()?)?;
+            let row = logits.to_vec1::<f32>()?;
+            let chosen = sampler.sample(&row)?;
             out.completion_ids.push(chosen.token);
             if stop_ids.contains(&chosen.token) {
                 out.finish_reason = FinishReason::Stop;
                 break;
             }
+            if let Some(k) = req.logprobs {
+                out.logprobs.push(self.token_logprob(&row, chosen.token, k));
+            }
             answer.push(chosen.token);
             let decoded = self.tokenizer().decode(&answer, true)?;
-            if text.push(&decoded, &mut on_token) {
+            let mut piece = String::new();
+            let stopped = text.push(&decoded, &mut |p| piece.push_str(p));
+            deliver(&piece, &out.logprobs, &mut sent);
+            if stopped {
                 out.finish_reason = FinishReason::Stop;
                 break;
             }
@@ -371,9 +446,61 @@ impl LocalGuard {
             };
             logits = model.forward(&step, &mut cache, Logits::Last)?;
         }
-        out.text = text.finish(&mut on_token);
+        let mut piece = String::new();
+        out.text = text.finish(&mut |p| piece.push_str(p));
+        deliver(&piece, &out.logprobs, &mut sent);
         out.completion_tokens = out.completion_ids.len();
         Ok(out)
+    }
+
+    /// The log-softmax of `logits` (computed in f64) at `chosen` and at the `k` most likely ids.
+    fn token_logprob(&self, logits: &[f32], chosen: u32, k: usize) -> TokenLogprob {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let log_z = max + sum.ln();
+        let entry = |id: u32| {
+            let logprob = logits
+                .get(id as usize)
+                .map_or(f64::NEG_INFINITY, |&x| x as f64 - log_z);
+            let token = self.tokenizer().decode(&[id], false).unwrap_or_default();
+            let bytes = self
+                .tokenizer()
+                .token_bytes(id)
+                .unwrap_or_else(|| token.clone().into_bytes());
+            TopLogprob {
+                id,
+                token,
+                bytes,
+                logprob,
+            }
+        };
+        let mut top = Vec::new();
+        if k > 0 {
+            // Most likely first, NaN last, ties by smaller id.
+            let order = |a: &u32, b: &u32| {
+                let (x, y) = (logits[*a as usize], logits[*b as usize]);
+                x.is_nan()
+                    .cmp(&y.is_nan())
+                    .then(y.total_cmp(&x))
+                    .then(a.cmp(b))
+            };
+            let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+            let k = k.min(ids.len());
+            if k < ids.len() {
+                ids.select_nth_unstable_by(k - 1, order);
+                ids.truncate(k);
+            }
+            ids.sort_unstable_by(order);
+            top = ids.into_iter().map(entry).collect();
+        }
+        TokenLogprob {
+            chosen: entry(chosen),
+            top,
+        }
     }
 }
 

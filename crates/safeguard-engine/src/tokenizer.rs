@@ -224,6 +224,26 @@ impl QwenTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes a token id stands for. Qwen's vocabulary is byte-level BPE (GPT-2's
+    /// byte-to-character table), so a token that holds part of a UTF-8 character has bytes that
+    /// are no text; added tokens (`<|im_end|>`) are their own UTF-8. `None` for an unknown id.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let token = self.token_str(id)?;
+        let is_added = self
+            .inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.content == token);
+        if is_added {
+            return Some(token.into_bytes());
+        }
+        token
+            .chars()
+            .map(byte_of_char)
+            .collect::<Option<Vec<u8>>>()
+            .or(Some(token.into_bytes()))
+    }
+
     /// The id of one token string, if it is a single token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -235,6 +255,18 @@ impl QwenTokenizer {
             source,
         }
     }
+}
+
+/// The byte that GPT-2's byte-level table maps to `c`: printable Latin-1 bytes (`!`..=`~`,
+/// `¡`..=`¬`, `®`..=`ÿ`) stand for themselves, the other 68 bytes for U+0100 onwards in order.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let code = u32::from(c);
+    if let Ok(b) = u8::try_from(code) {
+        return printable(b).then_some(b);
+    }
+    let n = usize::try_from(code.checked_sub(256)?).ok()?;
+    (0..=255u8).filter(|&b| !printable(b)).nth(n)
 }
 
 /// Expands a comma list of token ids where `<image>` stands for the k-th image's block
@@ -281,4 +313,28 @@ pub fn expand_id_list(
         });
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_of_char;
+
+    #[test]
+    fn byte_level_characters_map_back_to_bytes() {
+        assert_eq!(byte_of_char('Ġ'), Some(b' '));
+        assert_eq!(byte_of_char('Ċ'), Some(b'\n'));
+        assert_eq!(byte_of_char('a'), Some(b'a'));
+        assert_eq!(byte_of_char('é'), Some(0xE9));
+        // Non-printable bytes are never their own character.
+        assert_eq!(byte_of_char(' '), None);
+        assert_eq!(byte_of_char('\u{AD}'), None);
+        // 256 characters in all: U+0100 + 67 is the last.
+        assert_eq!(byte_of_char('\u{143}'), Some(0xAD));
+        assert_eq!(byte_of_char('\u{144}'), None);
+        let all: std::collections::BTreeSet<u8> = (0..0x200u32)
+            .filter_map(char::from_u32)
+            .filter_map(byte_of_char)
+            .collect();
+        assert_eq!(all.len(), 256);
+    }
 }

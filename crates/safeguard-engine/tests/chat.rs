@@ -1,11 +1,14 @@
 //! `LocalGuard::chat` on the tiny trained checkpoint: a chat built like the guard's prompts
 //! renders to the reference prompt text and ids and generates the reference greedy tokens;
-//! stop strings, token budget, streaming, seeded sampling and the errors.
+//! stop strings, token budget, streaming, seeded sampling, log-probabilities (against
+//! `chat_logprobs.json` from `scripts/fixtures/chat_logprobs_reference.py`) and the errors.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use safeguard_engine::chat::{ChatError, ChatMessage, ChatPart, ChatRequest, FinishReason, Role};
+use safeguard_engine::chat::{
+    ChatError, ChatMessage, ChatPart, ChatRequest, FinishReason, Role, TokenLogprob,
+};
 use safeguard_engine::tokenizer::{IMAGE_PAD, IM_END, IM_START, VISION_END, VISION_START};
 use safeguard_engine::{LocalGuard, LocalGuardOptions};
 use serde_json::Value;
@@ -115,7 +118,7 @@ fn greedy_chat_generates_the_reference_tokens() {
     for c in cases().iter().filter(|c| c["rule"].is_null()) {
         let mut pieces = Vec::new();
         let out = guard
-            .chat(&request(c), |p| pieces.push(p.to_string()))
+            .chat(&request(c), |d| pieces.push(d.text.to_string()))
             .unwrap();
         let what = format!("{} {} {}", c["policy"], c["format"], c["image"]);
         assert_eq!(out.completion_ids, ids(&c["generated_ids"]), "{what}");
@@ -184,7 +187,7 @@ fn seeded_sampling_repeats_and_text_only_chats_run() {
         temperature: 1.3,
         top_p: 0.95,
         seed: 42,
-        stop: Vec::new(),
+        ..Default::default()
     };
     let a = guard.chat(&req, |_| {}).unwrap();
     let b = guard.chat(&req, |_| {}).unwrap();
@@ -225,5 +228,114 @@ fn bad_images_and_requests_are_typed_errors() {
     assert!(matches!(
         guard.chat_until(&request(&c), &cancelled, |_| {}),
         Err(ChatError::Cancelled)
+    ));
+}
+
+#[test]
+fn logprobs_equal_the_reference_and_stream_with_their_pieces() {
+    let guard = guard();
+    let text = std::fs::read_to_string(dir().join("chat_logprobs.json")).unwrap();
+    let reference: Value = serde_json::from_str(&text).unwrap();
+    let top = reference["top"].as_u64().unwrap() as usize;
+    let mut checked = 0;
+    for r in reference["cases"].as_array().unwrap() {
+        let c = case(
+            r["policy"].as_str().unwrap(),
+            r["format"].as_str().unwrap(),
+            r["image"].as_str().unwrap(),
+        );
+        let what = format!("{} {} {}", r["policy"], r["format"], r["image"]);
+        let req = ChatRequest {
+            logprobs: Some(top),
+            ..request(&c)
+        };
+        let mut pieces = String::new();
+        let mut streamed: Vec<TokenLogprob> = Vec::new();
+        let out = guard
+            .chat(&req, |d| {
+                assert!(!d.text.is_empty() || !d.logprobs.is_empty(), "empty delta");
+                pieces.push_str(d.text);
+                streamed.extend_from_slice(d.logprobs);
+            })
+            .unwrap();
+        assert_eq!(pieces, out.text, "{what}");
+        assert_eq!(streamed, out.logprobs, "{what}");
+        let steps = r["steps"].as_array().unwrap();
+        // The stop token ends the answer and has no entry.
+        assert_eq!(out.logprobs.len(), steps.len() - 1, "{what}");
+        for (k, (got, want)) in out.logprobs.iter().zip(steps).enumerate() {
+            assert_eq!(
+                got.chosen.id as u64,
+                want["id"].as_u64().unwrap(),
+                "{what} {k}"
+            );
+            // The logits agree with transformers to ~5e-7 of their range (parity tests), about
+            // 1e-5 here; the log-sum-exp adds nothing measurable (both in f64).
+            let close = |a: f64, b: &Value| (a - b.as_f64().unwrap()).abs() < 1e-4;
+            assert!(close(got.chosen.logprob, &want["logprob"]), "{what} {k}");
+            let want_top = want["top"].as_array().unwrap();
+            assert_eq!(got.top.len(), want_top.len());
+            for (g, w) in got.top.iter().zip(want_top) {
+                assert_eq!(g.id as u64, w[0].as_u64().unwrap(), "{what} {k}");
+                assert!(
+                    close(g.logprob, &w[1]),
+                    "{what} {k}: {} vs {}",
+                    g.logprob,
+                    w[1]
+                );
+            }
+            assert!(got.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+            assert_eq!(
+                got.chosen.token,
+                guard.tokenizer().decode(&[got.chosen.id], false).unwrap()
+            );
+            checked += 1;
+        }
+        // The answer's tokens' bytes spell its text.
+        let bytes: Vec<u8> = out
+            .logprobs
+            .iter()
+            .flat_map(|t| t.chosen.bytes.clone())
+            .collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), out.text, "{what}");
+        // Score mode's P(unsafe) is the chat's first-token logprobs renormalised over the two
+        // answer words.
+        if r["format"] == "verdict" {
+            let first = &out.logprobs[0].top;
+            let lp = |id: u64| first.iter().find(|t| t.id as u64 == id).map(|t| t.logprob);
+            let (u, s) = (lp(391).unwrap(), lp(428).unwrap());
+            let p = u.exp() / (u.exp() + s.exp());
+            assert!((p - c["p_unsafe"].as_f64().unwrap()).abs() < 1e-6, "{what}");
+        }
+    }
+    assert!(checked >= 6, "only {checked} positions checked");
+
+    // Zero alternatives: the chosen token's entry only; none asked: no entries.
+    let c = case("L3", "verdict", "image-a.png");
+    let only = guard
+        .chat(
+            &ChatRequest {
+                logprobs: Some(0),
+                ..request(&c)
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert!(only.logprobs.iter().all(|t| t.top.is_empty()));
+    assert_eq!(only.logprobs.len(), 1);
+    assert!(guard
+        .chat(&request(&c), |_| {})
+        .unwrap()
+        .logprobs
+        .is_empty());
+    assert!(matches!(
+        guard.chat(
+            &ChatRequest {
+                logprobs: Some(21),
+                ..request(&c)
+            },
+            |_| {}
+        ),
+        Err(ChatError::Invalid { .. })
     ));
 }

@@ -4,12 +4,19 @@
 //!
 //! - Request: `{model, messages: [{role, content: string | [{type: text, text} | {type:
 //!   image_url, image_url: {url}}]}], max_tokens?, max_completion_tokens?, temperature?,
-//!   top_p?, seed?, stop?, n?, stream?, stream_options?}`; other OpenAI fields are ignored.
+//!   top_p?, seed?, stop?, n?, stream?, stream_options?, logprobs?, top_logprobs?}`; other
+//!   OpenAI fields are ignored.
 //!   Images are base64 or `data:` URLs only: the server fetches nothing (an `http(s)://` URL is
 //!   400 `unsupported_image_url`). [`parse_request`] turns a body into a typed request or an
 //!   [`ApiError`], never panicking (property-tested).
 //! - Answer: a `chat.completion`, or with `stream: true` Server-Sent Events of
 //!   `chat.completion.chunk`s ending with `data: [DONE]`.
+//! - `logprobs: true` (with `top_logprobs` 0..=20) gives each answer token's log-probability
+//!   and alternatives in `choices[0].logprobs.content` as OpenAI does (streamed: on the chunk
+//!   that carries the token's text). They are the model's raw next-token distribution (before
+//!   temperature and top-p, as vLLM's default), so `safeguard check --backend remote` against
+//!   this server reads the same P(unsafe) as the local backend. A log-probability of −∞ is
+//!   sent as −9999 (JSON has no infinity).
 //! - Chat needs the local model: the route answers 501 `chat_unavailable` unless a
 //!   [`ChatHandle`] was attached with [`with_chat`] (lite and remote guards cannot chat).
 //! - Generation is blocking: it runs on tokio's blocking pool, at most
@@ -30,7 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use safeguard_engine::chat::{
-    ChatError, ChatMessage, ChatOutput, ChatPart, ChatRequest, Role, MAX_STOP_STRINGS,
+    ChatError, ChatMessage, ChatOutput, ChatPart, ChatRequest, Role, TokenLogprob, TopLogprob,
+    MAX_STOP_STRINGS, MAX_TOP_LOGPROBS,
 };
 use safeguard_engine::LocalGuard;
 use serde::Deserialize;
@@ -156,6 +164,10 @@ struct RequestDto {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptionsDto>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +265,17 @@ fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
             "stop: at most {MAX_STOP_STRINGS} non-empty strings of at most 256 bytes"
         )));
     }
+    let logprobs = match (dto.logprobs.unwrap_or(false), dto.top_logprobs) {
+        (false, None) => None,
+        (false, Some(_)) => return Err(invalid("top_logprobs needs `logprobs: true`")),
+        (true, None) => Some(0),
+        (true, Some(k)) if k <= MAX_TOP_LOGPROBS as u64 => Some(k as usize),
+        (true, Some(k)) => {
+            return Err(invalid(format!(
+                "top_logprobs must be in 0..={MAX_TOP_LOGPROBS} (got {k})"
+            )))
+        }
+    };
     let mut images = 0usize;
     let mut messages = Vec::with_capacity(dto.messages.len());
     for (i, m) in dto.messages.into_iter().enumerate() {
@@ -304,6 +327,7 @@ fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
             // Negative seeds are accepted as their two's complement.
             seed: dto.seed.unwrap_or(0) as u64,
             stop,
+            logprobs,
         },
         stream: dto.stream.unwrap_or(false),
         include_usage: dto.stream_options.is_some_and(|o| o.include_usage),
@@ -386,7 +410,10 @@ async fn acquire(handle: &ChatHandle) -> Result<Slot, ApiError> {
 
 /// One message from the generation thread.
 enum Update {
-    Piece(String),
+    Piece {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Box<Result<ChatOutput, ChatError>>),
 }
 
@@ -425,8 +452,12 @@ async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiE
                 return;
             }
         };
-        let result = guard.chat_prepared(&prepared, &request, &flag, |piece| {
-            if tx.blocking_send(Update::Piece(piece.to_string())).is_err() {
+        let result = guard.chat_prepared(&prepared, &request, &flag, |delta| {
+            let piece = Update::Piece {
+                text: delta.text.to_string(),
+                logprobs: delta.logprobs.to_vec(),
+            };
+            if tx.blocking_send(piece).is_err() {
                 flag.store(true, Ordering::Relaxed);
             }
         });
@@ -467,6 +498,7 @@ async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiE
             rx,
             meta,
             include_usage: parsed.include_usage,
+            logprobs: parsed.request.logprobs.is_some(),
             state: StreamState::Start,
             _cancel: cancel_on_drop,
         };
@@ -478,7 +510,8 @@ async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiE
     }
     let output = collect(rx).await?;
     drop(cancel_on_drop);
-    Ok((StatusCode::OK, Json(completion(&meta, &output))).into_response())
+    let asked = parsed.request.logprobs.is_some();
+    Ok((StatusCode::OK, Json(completion(&meta, &output, asked))).into_response())
 }
 
 /// Reads the body within the body limit (413 above it).
@@ -531,7 +564,36 @@ fn usage(out: &ChatOutput) -> Value {
     })
 }
 
-fn completion(meta: &Meta, out: &ChatOutput) -> Value {
+/// A log-probability as JSON: −∞ (and NaN) as −9999, as OpenAI sends impossible tokens.
+fn logprob_value(logprob: f64) -> f64 {
+    if logprob.is_finite() {
+        logprob
+    } else {
+        -9999.0
+    }
+}
+
+fn candidate_json(t: &TopLogprob) -> Value {
+    json!({"token": t.token, "logprob": logprob_value(t.logprob), "bytes": t.bytes})
+}
+
+/// A choice's `logprobs`: `null` unless asked for, else `{content: [...], refusal: null}`.
+fn logprobs_json(entries: &[TokenLogprob], asked: bool) -> Value {
+    if !asked {
+        return Value::Null;
+    }
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|t| {
+            let mut v = candidate_json(&t.chosen);
+            v["top_logprobs"] = t.top.iter().map(candidate_json).collect();
+            v
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+fn completion(meta: &Meta, out: &ChatOutput, asked_logprobs: bool) -> Value {
     json!({
         "id": meta.id,
         "object": "chat.completion",
@@ -540,20 +602,22 @@ fn completion(meta: &Meta, out: &ChatOutput) -> Value {
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": out.text},
-            "logprobs": null,
+            "logprobs": logprobs_json(out.logprobs.as_slice(), asked_logprobs),
             "finish_reason": out.finish_reason.as_str(),
         }],
         "usage": usage(out),
     })
 }
 
-fn chunk(meta: &Meta, delta: Value, finish_reason: Option<&str>) -> Value {
+fn chunk(meta: &Meta, delta: Value, logprobs: Value, finish_reason: Option<&str>) -> Value {
     json!({
         "id": meta.id,
         "object": "chat.completion.chunk",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        "choices": [{
+            "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
+        }],
     })
 }
 
@@ -569,6 +633,8 @@ struct ChunkStream {
     rx: mpsc::Receiver<Update>,
     meta: Meta,
     include_usage: bool,
+    /// `logprobs` was asked for.
+    logprobs: bool,
     state: StreamState,
     _cancel: CancelOnDrop,
 }
@@ -587,13 +653,16 @@ impl futures_core::Stream for ChunkStream {
                 StreamState::Start => {
                     this.state = StreamState::Pieces;
                     let delta = json!({"role": "assistant", "content": ""});
-                    return Poll::Ready(Some(Ok(event(&chunk(&this.meta, delta, None)))));
+                    let first = chunk(&this.meta, delta, Value::Null, None);
+                    return Poll::Ready(Some(Ok(event(&first))));
                 }
                 StreamState::Pieces => match this.rx.poll_recv(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Update::Piece(text))) => {
+                    Poll::Ready(Some(Update::Piece { text, logprobs })) => {
                         let delta = json!({"content": text});
-                        return Poll::Ready(Some(Ok(event(&chunk(&this.meta, delta, None)))));
+                        let logprobs = logprobs_json(&logprobs, this.logprobs);
+                        let piece = chunk(&this.meta, delta, logprobs, None);
+                        return Poll::Ready(Some(Ok(event(&piece))));
                     }
                     Poll::Ready(done) => {
                         let result = match done {
@@ -604,9 +673,10 @@ impl futures_core::Stream for ChunkStream {
                         match result {
                             Ok(out) => {
                                 let reason = out.finish_reason.as_str();
-                                events.push(event(&chunk(&this.meta, json!({}), Some(reason))));
+                                let end = chunk(&this.meta, json!({}), Value::Null, Some(reason));
+                                events.push(event(&end));
                                 if this.include_usage {
-                                    let mut last = chunk(&this.meta, json!({}), None);
+                                    let mut last = chunk(&this.meta, json!({}), Value::Null, None);
                                     last["choices"] = json!([]);
                                     last["usage"] = usage(&out);
                                     events.push(event(&last));
@@ -697,5 +767,63 @@ mod tests {
         assert_eq!(code(bad), ErrorCode::InvalidRequest);
         let tool = json!({"messages": [{"role": "tool", "content": "x"}]});
         assert_eq!(code(tool), ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn logprobs_options_parse() {
+        let base = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let with = |fields: Value| {
+            let mut v = base.clone();
+            for (k, x) in fields.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v)
+        };
+        let asked = |fields: Value| with(fields).unwrap().request.logprobs;
+        assert_eq!(asked(json!({})), None);
+        assert_eq!(asked(json!({"logprobs": false})), None);
+        assert_eq!(asked(json!({"logprobs": true})), Some(0));
+        assert_eq!(
+            asked(json!({"logprobs": true, "top_logprobs": 20})),
+            Some(20)
+        );
+        for bad in [
+            json!({"top_logprobs": 3}),
+            json!({"logprobs": false, "top_logprobs": 3}),
+            json!({"logprobs": true, "top_logprobs": 21}),
+        ] {
+            assert_eq!(with(bad).unwrap_err().code, ErrorCode::InvalidRequest);
+        }
+        assert_eq!(
+            with(json!({"logprobs": true, "top_logprobs": -1}))
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidJson
+        );
+    }
+
+    #[test]
+    fn logprobs_render_as_openai_does() {
+        let t = |id, token: &str, logprob| TopLogprob {
+            id,
+            token: token.into(),
+            bytes: token.as_bytes().to_vec(),
+            logprob,
+        };
+        let entry = TokenLogprob {
+            chosen: t(1, "un", -0.5),
+            top: vec![t(1, "un", -0.5), t(2, "\u{fffd}", f64::NEG_INFINITY)],
+        };
+        assert_eq!(logprobs_json(std::slice::from_ref(&entry), false), Value::Null);
+        let v = logprobs_json(&[entry], true);
+        assert_eq!(v["refusal"], Value::Null);
+        let c = &v["content"][0];
+        assert_eq!(
+            (c["token"].as_str(), c["logprob"].as_f64()),
+            (Some("un"), Some(-0.5))
+        );
+        assert_eq!(c["bytes"], json!([117, 110]));
+        assert_eq!(c["top_logprobs"][1]["logprob"], json!(-9999.0));
+        assert_eq!(c["top_logprobs"][1]["bytes"], json!([0xef, 0xbf, 0xbd]));
     }
 }
