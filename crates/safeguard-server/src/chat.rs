@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
@@ -335,17 +334,15 @@ fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
 }
 
 /// 501 `chat_unavailable`: the guard is not a local model.
-fn unavailable(guard: &str) -> Response {
-    let message = format!(
-        "chat completions need the local model (--backend local --model DIR); this server runs \
-         the `{guard}` guard"
-    );
-    let body = json!({"error": {"code": CHAT_UNAVAILABLE, "message": message}});
-    (StatusCode::NOT_IMPLEMENTED, Json(body)).into_response()
+fn unavailable(guard: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ChatUnavailable,
+        format!(
+            "chat completions need the local model (--backend local --model DIR); this server \
+             runs the `{guard}` guard"
+        ),
+    )
 }
-
-/// The error code of a server whose guard cannot chat (HTTP 501).
-pub const CHAT_UNAVAILABLE: &str = "chat_unavailable";
 
 /// The API error of an engine chat error.
 fn chat_error(e: &ChatError) -> ApiError {
@@ -426,10 +423,10 @@ async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Response {
 
 async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let Some(handle) = req.extensions().get::<ChatHandle>().cloned() else {
-        return Ok(unavailable(state.guard.name()));
+        return Err(unavailable(state.guard.name()));
     };
     input::body_kind(&req, &[BodyKind::Json])?;
-    let bytes = read_body(req).await?;
+    let bytes = input::body_bytes(req).await?;
     let parsed = parse_request(&bytes, state.config.max_images_per_request)?;
     drop(bytes);
     let slot = acquire(&handle).await?;
@@ -512,21 +509,6 @@ async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiE
     drop(cancel_on_drop);
     let asked = parsed.request.logprobs.is_some();
     Ok((StatusCode::OK, Json(completion(&meta, &output, asked))).into_response())
-}
-
-/// Reads the body within the body limit (413 above it).
-async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    use axum::extract::FromRequest;
-    Bytes::from_request(req, &()).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body over the size limit",
-            )
-        } else {
-            invalid("cannot read the request body")
-        }
-    })
 }
 
 async fn collect(mut rx: mpsc::Receiver<Update>) -> Result<ChatOutput, ApiError> {
@@ -814,7 +796,10 @@ mod tests {
             chosen: t(1, "un", -0.5),
             top: vec![t(1, "un", -0.5), t(2, "\u{fffd}", f64::NEG_INFINITY)],
         };
-        assert_eq!(logprobs_json(std::slice::from_ref(&entry), false), Value::Null);
+        assert_eq!(
+            logprobs_json(std::slice::from_ref(&entry), false),
+            Value::Null
+        );
         let v = logprobs_json(&[entry], true);
         assert_eq!(v["refusal"], Value::Null);
         let c = &v["content"][0];

@@ -56,11 +56,15 @@ pub enum ErrorCode {
     Unavailable,
     /// 504: no answer within `--request-timeout`.
     Timeout,
+    /// 501: chat completions need the local model; this server runs another guard.
+    ChatUnavailable,
+    /// 503: `--max-concurrent-requests` requests are being handled; retry shortly.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code, in the order of [`ErrorCode::index`].
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Unauthorized,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidRequest,
@@ -82,6 +86,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
+        ErrorCode::ChatUnavailable,
+        ErrorCode::Overloaded,
     ];
 
     /// The code as it appears in error bodies and metrics labels.
@@ -108,6 +114,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::ChatUnavailable => "chat_unavailable",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -135,8 +143,9 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UnparsableOutput => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::GuardError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ChatUnavailable => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

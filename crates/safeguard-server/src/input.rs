@@ -67,9 +67,9 @@ pub fn body_kind(req: &Request, accepted: &[BodyKind]) -> Result<BodyKind, ApiEr
     }
 }
 
-/// Reads the whole body (within the body limit) and parses it as JSON into `T`.
-pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
-    let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
+/// Reads the whole body within the body limit (413 `payload_too_large` above it).
+pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &()).await.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -78,8 +78,7 @@ pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, ApiError>
         } else {
             ApiError::new(ErrorCode::InvalidRequest, "cannot read the request body")
         }
-    })?;
-    parse_json(&bytes)
+    })
 }
 
 /// Parses JSON; every failure (syntax, nesting over 128 levels, wrong field types) is a 400

@@ -41,6 +41,7 @@ use axum::{Json, Router};
 pub use auth::{ApiKeys, RateLimiter};
 pub use counters::{Counters, Route};
 pub use error::{ApiError, ErrorCode, ServerError};
+pub use judge::Spec;
 pub use state::{AppState, OnError, ServerConfig};
 
 /// The whole API. Health routes are open; every other route needs a key when keys are
@@ -156,7 +157,8 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     response
 }
 
-/// Checks `Authorization: Bearer KEY` (when keys are configured) and the key's rate limit.
+/// Checks `Authorization: Bearer KEY` (when keys are configured), the key's rate limit and the
+/// limit on requests handled at once.
 async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let client = if state.api_keys.is_empty() {
         0
@@ -197,6 +199,18 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
             .into_response();
         }
     }
+    // Held until the handler has answered (its body read and judged).
+    let Ok(_slot) = Arc::clone(&state.request_slots).try_acquire_owned() else {
+        return ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "{} requests are being handled; retry shortly",
+                state.config.max_concurrent_requests
+            ),
+        )
+        .retry_after(1)
+        .into_response();
+    };
     next.run(req).await
 }
 

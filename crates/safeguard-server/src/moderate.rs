@@ -89,11 +89,23 @@ impl ModerateResult {
     }
 }
 
-/// A parsed request, whichever body it came in.
-struct Parsed {
-    images: Vec<Vec<u8>>,
-    batch: bool,
-    spec: Spec,
+/// A checked request, whichever body it came in: what gets judged.
+#[derive(Debug)]
+pub struct ModerateInput {
+    /// The decoded (still encoded-image) bytes of every image, in order.
+    pub images: Vec<Vec<u8>>,
+    /// Answer `{"results": [...]}` (the `images` form, or several multipart images).
+    pub batch: bool,
+    /// Policy, mode and threshold.
+    pub spec: Spec,
+}
+
+/// Parses a JSON body: syntax and types are 400 `invalid_json`, bad values 400
+/// `invalid_request`/`invalid_policy`/`invalid_image`/`policy_too_large`, more than
+/// `max_images` images 400 `too_many_images`. Never panics (property-tested); images are only
+/// base64-decoded here, their pixels are checked when judged.
+pub fn parse_request(body: &[u8], max_images: usize) -> Result<ModerateInput, ApiError> {
+    from_json(input::parse_json(body)?, max_images)
 }
 
 /// The handler.
@@ -107,8 +119,11 @@ pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Respon
 
 async fn moderate(state: &AppState, req: Request, start: Instant) -> Result<Response, ApiError> {
     let parsed = match input::body_kind(&req, &[BodyKind::Json, BodyKind::Multipart])? {
-        BodyKind::Json => from_json(state, input::json_body(req).await?)?,
-        BodyKind::Multipart => from_multipart(state, req).await?,
+        BodyKind::Json => parse_request(
+            &input::body_bytes(req).await?,
+            state.config.max_images_per_request,
+        )?,
+        BodyKind::Multipart => from_multipart(req, state.config.max_images_per_request).await?,
     };
     let results = judge_images(state, parsed.images, &parsed.spec).await?;
     let to_result =
@@ -133,14 +148,13 @@ async fn moderate(state: &AppState, req: Request, start: Instant) -> Result<Resp
     Ok(Json(serde_json::json!({"results": results})).into_response())
 }
 
-fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
     if n == 0 {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "no image: give `image` or `images`",
         ));
     }
-    let max = state.config.max_images_per_request;
     if n > max {
         return Err(ApiError::new(
             ErrorCode::TooManyImages,
@@ -150,7 +164,7 @@ fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn from_json(state: &AppState, req: ModerateRequest) -> Result<Parsed, ApiError> {
+fn from_json(req: ModerateRequest, max_images: usize) -> Result<ModerateInput, ApiError> {
     let (encoded, batch) = match (req.image, req.images) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -162,7 +176,7 @@ fn from_json(state: &AppState, req: ModerateRequest) -> Result<Parsed, ApiError>
         (None, Some(many)) => (many, true),
         (None, None) => (Vec::new(), false),
     };
-    check_count(state, encoded.len())?;
+    check_count(encoded.len(), max_images)?;
     let policy = req.policy.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidRequest,
@@ -176,14 +190,14 @@ fn from_json(state: &AppState, req: ModerateRequest) -> Result<Parsed, ApiError>
         .iter()
         .map(|s| input::decode_image(s))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Parsed {
+    Ok(ModerateInput {
         images,
         batch,
         spec: Spec::new(policy, format, threshold),
     })
 }
 
-async fn from_multipart(state: &AppState, req: Request) -> Result<Parsed, ApiError> {
+async fn from_multipart(req: Request, max_images: usize) -> Result<ModerateInput, ApiError> {
     let mut mp = input::multipart(req).await?;
     let mut images = Vec::new();
     let (mut policy, mut mode, mut threshold) = (None, None, None);
@@ -193,7 +207,7 @@ async fn from_multipart(state: &AppState, req: Request) -> Result<Parsed, ApiErr
             "image" | "images" | "image[]" => {
                 let bytes = field.bytes().await.map_err(input::multipart_error)?;
                 images.push(bytes.to_vec());
-                check_count(state, images.len()).or_else(|e| match e.code {
+                check_count(images.len(), max_images).or_else(|e| match e.code {
                     ErrorCode::InvalidRequest => Ok(()),
                     _ => Err(e),
                 })?;
@@ -217,7 +231,7 @@ async fn from_multipart(state: &AppState, req: Request) -> Result<Parsed, ApiErr
             }
         }
     }
-    check_count(state, images.len())?;
+    check_count(images.len(), max_images)?;
     let policy = policy
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "missing the `policy` field"))?;
     let policy = Arc::new(input::policy_from_string(&policy)?);
@@ -241,7 +255,7 @@ async fn from_multipart(state: &AppState, req: Request) -> Result<Parsed, ApiErr
             ));
         }
     }
-    Ok(Parsed {
+    Ok(ModerateInput {
         images,
         batch,
         spec: Spec::new(policy, format, threshold),

@@ -88,16 +88,27 @@ pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Respon
     }
 }
 
-async fn moderations(state: &AppState, req: Request, start: Instant) -> Result<Response, ApiError> {
-    input::body_kind(&req, &[BodyKind::Json])?;
-    let body: ModerationsRequest = input::json_body(req).await?;
+/// A checked `/v1/moderations` request: what gets judged.
+#[derive(Debug)]
+pub struct ModerationsInput {
+    /// The encoded bytes of every image part, in order.
+    pub images: Vec<Vec<u8>>,
+    /// The policy (default `openai`), verdict format, threshold.
+    pub spec: Spec,
+}
+
+/// Parses a JSON body: syntax and types are 400 `invalid_json`, input without an image 400
+/// `image_required`, bad parts or values 400 `invalid_request`/`invalid_policy`/
+/// `invalid_image`, more than `max_images` images 400 `too_many_images`. Never panics
+/// (property-tested).
+pub fn parse_request(body: &[u8], max_images: usize) -> Result<ModerationsInput, ApiError> {
+    let body: ModerationsRequest = input::parse_json(body)?;
     let urls = image_urls(&body.input)?;
-    let max = state.config.max_images_per_request;
-    if urls.len() > max {
+    if urls.len() > max_images {
         return Err(ApiError::new(
             ErrorCode::TooManyImages,
             format!(
-                "{} images in one request; at most {max} are accepted",
+                "{} images in one request; at most {max_images} are accepted",
                 urls.len()
             ),
         ));
@@ -111,7 +122,19 @@ async fn moderations(state: &AppState, req: Request, start: Instant) -> Result<R
         .iter()
         .map(|u| input::decode_image(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let spec = Spec::new(Arc::clone(&policy), Format::Verdict, threshold);
+    Ok(ModerationsInput {
+        images,
+        spec: Spec::new(policy, Format::Verdict, threshold),
+    })
+}
+
+async fn moderations(state: &AppState, req: Request, start: Instant) -> Result<Response, ApiError> {
+    input::body_kind(&req, &[BodyKind::Json])?;
+    let ModerationsInput { images, spec } = parse_request(
+        &input::body_bytes(req).await?,
+        state.config.max_images_per_request,
+    )?;
+    let policy = Arc::clone(&spec.policy);
     let judged = judge_images(state, images, &spec).await?;
     let mut results = Vec::with_capacity(judged.len());
     for j in judged {

@@ -41,11 +41,16 @@ pub struct ServerConfig {
     pub on_error: OnError,
     /// Most images in one request (400 `too_many_images` above).
     pub max_images_per_request: usize,
+    /// Most API requests handled at once (bodies being read included); more are refused at
+    /// once with 503 `overloaded` and `Retry-After: 1`. With the body limit this bounds the
+    /// memory that request bodies can take (`max_concurrent_requests × max_body_bytes`).
+    /// Health routes do not count.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerConfig {
     /// 20 MB bodies, no rate limit, 60 s timeout, the default batcher, errors answered, 64
-    /// images per request.
+    /// images per request, 64 requests at once.
     fn default() -> Self {
         Self {
             max_body_bytes: 20 << 20,
@@ -54,6 +59,7 @@ impl Default for ServerConfig {
             batcher: BatcherConfig::default(),
             on_error: OnError::Error,
             max_images_per_request: 64,
+            max_concurrent_requests: 64,
         }
     }
 }
@@ -75,6 +81,9 @@ impl ServerConfig {
         }
         if self.max_images_per_request == 0 {
             return bad("max_images_per_request must be at least 1");
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("max_concurrent_requests must be at least 1");
         }
         Ok(())
     }
@@ -113,6 +122,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Counters for the metrics route.
     pub counters: Arc<Counters>,
+    /// One permit per API request being handled ([`ServerConfig::max_concurrent_requests`]).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
     ready: AtomicBool,
 }
 
@@ -145,7 +156,9 @@ impl AppState {
             })?
         };
         let rate_limiter = config.rate_limit.map(RateLimiter::new);
+        let request_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
         Ok(Self {
+            request_slots,
             guard,
             model: model.into(),
             batcher,

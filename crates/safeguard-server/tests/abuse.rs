@@ -294,6 +294,61 @@ async fn full_queue_answers_429_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_over_the_concurrency_limit_get_503_and_health_stays_up() {
+    let config = ServerConfig {
+        max_concurrent_requests: 2,
+        ..ServerConfig::default()
+    };
+    let guard = Arc::new(FakeGuard(Behaviour::Slow(Duration::from_millis(400))));
+    let server = TestServer::start(guard, ApiKeys::none(), config).await;
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let url = server.at("/v1/moderate");
+        tasks.push(tokio::spawn(async move {
+            client()
+                .post(&url)
+                .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    // Both slots are taken while the guard sleeps.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.state.request_slots.available_permits() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = client()
+        .post(server.at("/v1/moderate"))
+        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(error_code(r).await, (503, "overloaded".into()));
+    // Health routes do not count against the limit.
+    let health = client().get(server.at("/readyz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // The slots are free again.
+    let r = client()
+        .post(server.at("/v1/moderate"))
+        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limit_is_per_key() {
     let config = ServerConfig {
         rate_limit: Some(2.0),

@@ -1,15 +1,15 @@
 //! `POST /v1/chat/completions` and `GET /metrics` over real HTTP on an ephemeral port with the
 //! tiny checkpoint: a chat built from a reference prompt answers the reference tokens (plain
 //! and streamed), SSRF-style URLs are refused, a server without the local model answers 501,
-//! the metrics text parses and counts what was sent; and a property test of the parser.
+//! the metrics text parses and counts what was sent. The parser's property tests are in
+//! `parsing.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use proptest::prelude::*;
 use safeguard_engine::{LocalGuard, LocalGuardOptions};
-use safeguard_server::chat::{parse_request, with_chat, ChatHandle};
+use safeguard_server::chat::{with_chat, ChatHandle};
 use safeguard_server::{app, ApiKeys, AppState, ServerConfig};
 use serde_json::{json, Value};
 
@@ -318,67 +318,4 @@ async fn metrics_count_requests_batches_cache_and_chat() {
     let generated = get("safeguard_chat_completion_tokens_total");
     assert!((1.0..=3.0).contains(&generated), "{generated}");
     assert_eq!(get("safeguard_chat_active"), 0.0);
-}
-
-/// Arbitrary JSON values for the parser: scalars, arrays and objects with the request's keys.
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| json!(f)),
-        "[a-z_:/;,.=+ ]{0,12}".prop_map(Value::from),
-        prop_oneof![
-            Just("data:image/png;base64,iVBORw0KGgo="),
-            Just("http://127.0.0.1/x"),
-            Just("user"),
-            Just("image_url"),
-            Just("text"),
-        ]
-        .prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        let key = prop_oneof![
-            Just("messages"),
-            Just("role"),
-            Just("content"),
-            Just("type"),
-            Just("text"),
-            Just("image_url"),
-            Just("url"),
-            Just("max_tokens"),
-            Just("temperature"),
-            Just("top_p"),
-            Just("stop"),
-            Just("stream"),
-            Just("n"),
-            Just("seed"),
-        ]
-        .prop_map(String::from);
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map(key, inner, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
-
-    #[test]
-    fn parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = parse_request(&bytes, 4);
-    }
-
-    #[test]
-    fn parser_answers_a_request_or_a_4xx_error(value in json_value()) {
-        match parse_request(value.to_string().as_bytes(), 4) {
-            Ok(parsed) => {
-                prop_assert!(!parsed.request.messages.is_empty());
-                prop_assert!(parsed.request.max_tokens >= 1);
-            }
-            Err(e) => prop_assert!(e.code.status().is_client_error(), "{e}"),
-        }
-    }
 }

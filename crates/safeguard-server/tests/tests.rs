@@ -4,3 +4,4 @@ mod abuse;
 mod api;
 mod chat;
 mod common;
+mod parsing;

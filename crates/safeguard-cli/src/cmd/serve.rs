@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Most images in one request.
     #[arg(long, default_value_t = 64)]
     pub max_images: usize,
+    /// Most API requests handled at once (reading bodies included); more get 503 overloaded.
+    /// Bounds body memory to this × --max-body-bytes.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent_requests: usize,
     /// What a guard failure becomes: an error, or `unsafe` (fail closed).
     #[arg(long, value_enum, default_value = "error", env = "SAFEGUARD_ON_ERROR")]
     pub on_error: OnErrorArg,
@@ -99,6 +103,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             OnErrorArg::Unsafe => OnError::Unsafe,
         },
         max_images_per_request: args.max_images,
+        max_concurrent_requests: args.max_concurrent_requests,
     };
     let built = backend::build(&args.backend)?;
     let model = args.served_model_name.clone().unwrap_or_else(|| {
