@@ -242,3 +242,71 @@ fn hub_id_offline_and_not_cached_says_where_to_put_the_files() {
         "{err}"
     );
 }
+
+/// `debug random-model` writes a directory that loads like a checkpoint: its config is the
+/// named shape fitted to the tokenizer, its weights are in the asked dtype, and `check` runs.
+#[test]
+fn random_model_writes_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny-random");
+    let guard =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../safeguard-engine/tests/fixtures/tiny-guard");
+    let tokenizer = guard.join("tokenizer.json");
+    ok(&[
+        "debug",
+        "random-model",
+        "--shape",
+        "tiny",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let loaded = load_model(
+        &out,
+        &LoadOptions {
+            dtype: DType::F32,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    // The tiny-guard tokenizer's ids (not the released checkpoints' 151655…).
+    assert_eq!(loaded.config.image_token_id, 1022);
+    assert!(loaded.config.text_config.vocab_size >= 1024);
+    assert_eq!(loaded.config.text_config.hidden_size, 32);
+    let image = guard.join("image-a.png");
+    let json = ok(&[
+        "check",
+        image.to_str().unwrap(),
+        "--model",
+        out.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--no-rules",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    let p = v["p_unsafe"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{v}");
+    let err = fails(&[
+        "debug",
+        "random-model",
+        "--shape",
+        "tiny",
+        "--tokenizer",
+        "/nonexistent/tokenizer.json",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");
+}

@@ -412,8 +412,8 @@ fn serve_memory_stays_bounded_under_abuse() {
     // What the limits allow above the baseline: 8 requests × a 4 MiB body, about three copies
     // each (body, parsed string, decoded bytes); one largest image decoded at a time by the
     // guard's worker (147 MB, half again for resizing); allocator slack. Measured on the
-    // 2-core dev machine: 167 MiB over a 41 MiB baseline (198 MiB without the request limit:
-    // 24 clients are too few to make it bind; see docs/server.md).
+    // 2-core dev machine with mimalloc: 160 MiB over a 120 MiB baseline (glibc malloc: 167 over
+    // 41; 198 without the request limit, as 24 clients are too few to make it bind).
     let bound = 8 * 3 * BODY_LIMIT as u64 + 3 * 7000 * 7000 * 3 / 2 + (64 << 20);
     assert!(
         peak - baseline <= bound,

@@ -9,8 +9,9 @@
 //!   jobs **with the same key** (see [`Batcher::with_key`]; e.g. the policy, so that one batch
 //!   shares one prefix cache), in submission order, leaving the others queued in order. It
 //!   starts the batch as soon as it is full, or [`BatcherConfig::max_wait`] after the oldest
-//!   job arrived, whichever comes first. A lone caller therefore waits `max_wait` and runs in a
-//!   batch of one; under load batches fill to `max_batch` without waiting.
+//!   job arrived, whichever comes first. A lone caller therefore waits `max_wait` (none by
+//!   default) and runs in a batch of one; under load batches fill to `max_batch` without
+//!   waiting.
 //! - A panic in the batch function, or a result count different from the job count, turns
 //!   into an error for that batch's callers; the worker goes on with the next batch.
 //! - Dropping the last handle stops accepting jobs, runs every queued job (without waiting for
@@ -37,11 +38,14 @@ pub struct BatcherConfig {
 }
 
 impl Default for BatcherConfig {
-    /// 8 jobs, 5 ms, 256 waiting.
+    /// 8 jobs, no wait, 256 waiting. Without a wait a batch is what queued while the worker
+    /// was busy (continuous batching): a lone request starts at once, and under load batches
+    /// still fill. On CPU waiting only cost latency and throughput (docs/BENCHMARKS.md,
+    /// "Server under load"); raise it where batching is much cheaper than running one by one.
     fn default() -> Self {
         Self {
             max_batch: 8,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             queue_capacity: 256,
         }
     }

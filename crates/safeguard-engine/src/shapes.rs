@@ -9,14 +9,17 @@
 //! - `7b`: the released Qwen2.5-VL-7B-Instruct `config.json`.
 //!
 //! [`random_model`] builds the model from a `VarMap`, which creates each weight (random or
-//! constant, candle's default initialisers) the first time the constructor asks for it.
+//! constant, candle's default initialisers) the first time the constructor asks for it;
+//! [`save_random_model`] writes such a model as a checkpoint directory
+//! (`safeguard debug random-model`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use safeguard_model::qwen2_5_vl::{Config, Qwen2_5VlModel, WeightLayout};
-use serde_json::json;
+use safeguard_vision::PreprocessConfig;
+use serde_json::{json, Value};
 
 use crate::tokenizer::QwenTokenizer;
 use crate::weights::LoadedModel;
@@ -28,6 +31,14 @@ pub const SHAPES: &[&str] = &["tiny", "small", "7b"];
 /// The `config.json` of a named shape (see the module docs), with the released checkpoints'
 /// special token ids and the 151,936-token vocabulary (152,064 for `7b`, 1,024 for `tiny`).
 pub fn named_shape(name: &str) -> Result<Config, EngineError> {
+    let value = named_shape_json(name)?;
+    Config::from_json_str(&value.to_string()).map_err(|e| EngineError::Input {
+        reason: format!("shape `{name}`: {e}"),
+    })
+}
+
+/// [`named_shape`] as the JSON of a `config.json` (the `qwen2_5_vl` legacy layout).
+pub fn named_shape_json(name: &str) -> Result<Value, EngineError> {
     let (text, vision, tie) = match name {
         "tiny" => (
             json!({"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
@@ -74,24 +85,102 @@ pub fn named_shape(name: &str) -> Result<Config, EngineError> {
     value["video_token_id"] = 151656.into();
     value["vision_start_token_id"] = 151652.into();
     value["vision_end_token_id"] = 151653.into();
-    Config::from_json_str(&value.to_string()).map_err(|e| EngineError::Input {
-        reason: format!("shape `{name}`: {e}"),
-    })
+    Ok(value)
 }
 
 /// Makes `cfg` usable with `tokenizer`: the image and vision-bracket ids become the
 /// tokenizer's, and the vocabulary grows (never shrinks) to cover every id it can produce.
 pub fn fit_tokenizer(cfg: &mut Config, tokenizer: &QwenTokenizer) {
-    let special = tokenizer.special();
-    cfg.image_token_id = special.image_pad;
-    cfg.vision_start_token_id = special.vision_start;
-    cfg.vision_end_token_id = special.vision_end;
-    let highest = [special.image_pad, special.vision_start, special.vision_end]
-        .into_iter()
-        .max()
-        .unwrap_or(0) as usize;
-    let t = &mut cfg.text_config;
-    t.vocab_size = t.vocab_size.max(tokenizer.vocab_size()).max(highest + 1);
+    let fit = Fit::of(tokenizer, cfg.text_config.vocab_size);
+    cfg.image_token_id = fit.image_pad;
+    cfg.vision_start_token_id = fit.vision_start;
+    cfg.vision_end_token_id = fit.vision_end;
+    cfg.text_config.vocab_size = fit.vocab_size;
+}
+
+/// [`fit_tokenizer`] on the JSON of a `config.json` (legacy layout).
+pub fn fit_tokenizer_json(value: &mut Value, tokenizer: &QwenTokenizer) {
+    let vocab = value["vocab_size"].as_u64().unwrap_or(0) as usize;
+    let fit = Fit::of(tokenizer, vocab);
+    value["image_token_id"] = fit.image_pad.into();
+    value["vision_start_token_id"] = fit.vision_start.into();
+    value["vision_end_token_id"] = fit.vision_end.into();
+    value["vocab_size"] = fit.vocab_size.into();
+}
+
+/// The ids and vocabulary size a config needs for a tokenizer.
+struct Fit {
+    image_pad: u32,
+    vision_start: u32,
+    vision_end: u32,
+    vocab_size: usize,
+}
+
+impl Fit {
+    fn of(tokenizer: &QwenTokenizer, vocab_size: usize) -> Self {
+        let special = tokenizer.special();
+        let highest = [special.image_pad, special.vision_start, special.vision_end]
+            .into_iter()
+            .max()
+            .unwrap_or(0) as usize;
+        Self {
+            image_pad: special.image_pad,
+            vision_start: special.vision_start,
+            vision_end: special.vision_end,
+            vocab_size: vocab_size.max(tokenizer.vocab_size()).max(highest + 1),
+        }
+    }
+}
+
+/// Writes a checkpoint directory of shape `name` with random weights: `config.json` (fitted to
+/// `tokenizer`), `model.safetensors` in `dtype`, a copy of `tokenizer.json` and the default
+/// `preprocessor_config.json`. Loads like a downloaded checkpoint (for serving benchmarks and
+/// tests that need a model directory of a given size).
+pub fn save_random_model(
+    name: &str,
+    tokenizer_path: &Path,
+    dtype: DType,
+    out: &Path,
+) -> Result<(), EngineError> {
+    let tokenizer = QwenTokenizer::from_file(tokenizer_path)?;
+    let mut value = named_shape_json(name)?;
+    fit_tokenizer_json(&mut value, &tokenizer);
+    let cfg = Config::from_json_str(&value.to_string()).map_err(|e| EngineError::Input {
+        reason: format!("shape `{name}`: {e}"),
+    })?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+    Qwen2_5VlModel::new(&cfg, WeightLayout::Legacy, vb)?;
+    let io = |path: &Path, e: std::io::Error| EngineError::Input {
+        reason: format!("cannot write {}: {e}", path.display()),
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let write = |file: &str, text: String| {
+        let path = out.join(file);
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    };
+    value["torch_dtype"] = dtype_name(dtype).into();
+    write("config.json", format!("{value:#}\n"))?;
+    let pre = PreprocessConfig::default();
+    let preprocessor = json!({
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "min_pixels": pre.min_pixels, "max_pixels": pre.max_pixels,
+        "patch_size": pre.patch_size, "temporal_patch_size": pre.temporal_patch_size,
+        "merge_size": pre.merge_size, "image_mean": pre.image_mean, "image_std": pre.image_std,
+    });
+    write("preprocessor_config.json", format!("{preprocessor:#}\n"))?;
+    let target = out.join("tokenizer.json");
+    std::fs::copy(tokenizer_path, &target).map_err(|e| io(&target, e))?;
+    varmap.save(out.join("model.safetensors"))?;
+    Ok(())
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
 }
 
 /// A model of shape `cfg` with freshly initialised weights in `dtype` on `device`; `name`

@@ -44,8 +44,9 @@ pub struct ServeArgs {
     /// Most images judged together in one guard batch.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
-    /// Longest time the first image of a batch waits for others, in milliseconds.
-    #[arg(long, default_value_t = 5)]
+    /// Longest time the first image of a batch waits for others, in milliseconds (0: a batch
+    /// is what queued while the guard was busy).
+    #[arg(long, default_value_t = 0)]
     pub max_wait_ms: u64,
     /// Most images waiting for the guard; more are refused with 429 queue_full.
     #[arg(long, default_value_t = 256)]

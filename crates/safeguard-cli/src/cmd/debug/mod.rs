@@ -3,6 +3,7 @@
 
 mod forward;
 mod preprocess;
+mod random_model;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,12 +20,16 @@ pub enum DebugCommand {
     /// Run one forward pass of a Qwen2.5-VL checkpoint; writes `logits.npy` and
     /// `image_embeds.npy`.
     Forward(forward::ForwardArgs),
+    /// Write a checkpoint directory of a named shape (tiny, small, 7b) with random weights,
+    /// loadable with --model (for serving benchmarks).
+    RandomModel(random_model::RandomModelArgs),
 }
 
 pub fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DebugCommand::Preprocess(args) => preprocess::run(args),
         DebugCommand::Forward(args) => forward::run(args),
+        DebugCommand::RandomModel(args) => random_model::run(args),
     }
 }
 
