@@ -55,7 +55,7 @@ PY
     ${SERVE_ARGS:-} 2> "$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 600); do
-    grep -q "listening on" "$WORK/server.log" 2>/dev/null && break
+    grep -q "^ready: " "$WORK/server.log" 2>/dev/null && break
     sleep 0.1
 done
 URL=$(grep -o "http://[0-9.:]*" "$WORK/server.log" | head -1)

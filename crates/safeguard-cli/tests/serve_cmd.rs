@@ -17,11 +17,32 @@ pub struct Server {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// The server's stderr lines after `listening on`.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
     /// Starts the server with `extra` flags and waits for its address.
+    /// Starts `safeguard serve` on the tiny guard and waits until it is ready (model loaded).
     pub fn start(extra: &[&str]) -> Server {
+        let server = Self::spawn(extra);
+        server.wait_for("ready: serving ");
+        server
+    }
+
+    /// Waits for a stderr line starting with `prefix` (panics after 120 s or at exit).
+    fn wait_for(&self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no `{prefix}` line from the server: {e}"),
+            }
+        }
+    }
+
+    /// Starts `safeguard serve` and returns once it listens (the model may still load).
+    pub fn spawn(extra: &[&str]) -> Server {
         let model = tiny_guard();
         let mut child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
             .args(["serve", "--model"])
@@ -34,20 +55,23 @@ impl Server {
             .spawn()
             .expect("start safeguard serve");
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, lines) = mpsc::channel();
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_string());
-                }
                 eprintln!("[serve] {line}");
+                let _ = tx.send(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server prints `listening on http://ADDR`");
-        Server { child, addr }
+        let addr = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the server prints `listening on http://ADDR`");
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                break addr.to_string();
+            }
+        };
+        Server { child, addr, lines }
     }
 
     /// A `VmRSS`/`VmHWM`-style field of the server process's `/proc/PID/status`, in bytes.
@@ -423,4 +447,66 @@ fn serve_memory_stays_bounded_under_abuse() {
         mib(bound)
     );
     server.stop();
+}
+
+/// The port answers while the model loads: alive, not ready, API 503 with Retry-After; then
+/// ready and serving.
+#[test]
+fn serve_reports_loading_until_the_model_is_loaded() {
+    let server = Server::spawn(&["--debug-load-delay-ms", "1500"]);
+    let (status, body) = http(&server.addr, "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200);
+    assert!(body.contains("loading"), "{body}");
+    let (status, body) = http(&server.addr, "GET", "/readyz", &[], b"");
+    assert_eq!((status, body.contains("loading")), (503, true), "{body}");
+    let request = format!(
+        r#"{{"image": "{}", "policy": "L3"}}"#,
+        b64(&std::fs::read(tiny_guard().join("image-b.png")).unwrap())
+    );
+    let json = [("Content-Type", "application/json")];
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/moderate",
+        &json,
+        request.as_bytes(),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"unavailable\"") && body.contains("loading"),
+        "{body}"
+    );
+    server.wait_for("ready: serving tiny-guard");
+    let (status, body) = http(&server.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/moderate",
+        &json,
+        request.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"verdict\":\"safe\""), "{body}");
+    assert!(server.stop().success());
+}
+
+/// A model that cannot load stops the server (after it listened) with exit 2 and the reason.
+#[test]
+fn serve_exits_2_when_the_model_cannot_load() {
+    let out = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args([
+            "serve",
+            "--model",
+            "/nonexistent/model",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SAFEGUARD_BACKEND")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listening on http://"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/model not found"), "{stderr}");
 }

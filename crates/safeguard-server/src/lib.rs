@@ -8,7 +8,8 @@
 //!   `POST /v1/moderations` ([`moderations`]), `GET /v1/policies`, `/healthz`, `/readyz` and
 //!   `/openapi.json` ([`openapi`]), plus the chat and metrics routes ([`chat`], [`metrics`]).
 //! - [`serve`] runs the router on a listener until a shutdown signal, then finishes the
-//!   requests in flight.
+//!   requests in flight; [`serve_loading`] answers "loading" on the same port while the model
+//!   loads.
 //!
 //! Every error is `{"error": {"code", "message"}}` with a stable code ([`ErrorCode`]). Logs
 //! name routes, statuses, codes and sizes, never image bytes, API keys or policy texts.
@@ -36,9 +37,10 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 
 pub use auth::{ApiKeys, RateLimiter};
+pub use axum::Router;
 pub use counters::{Counters, Route};
 pub use error::{ApiError, ErrorCode, ServerError};
 pub use judge::Spec;
@@ -96,6 +98,45 @@ pub async fn serve_router(
     };
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// What the server answers while the model is still loading: `/healthz` 200
+/// `{"status": "loading"}`, `/readyz` 503 `{"status": "loading"}`, every other route 503
+/// `unavailable` with `Retry-After: 5`. Load balancers see the process alive but not ready.
+pub fn loading_app() -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "loading"})) }),
+        )
+        .route(
+            "/readyz",
+            get(|| async {
+                let body = Json(serde_json::json!({"status": "loading"}));
+                (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the model is still loading; retry shortly",
+            )
+            .retry_after(5)
+            .into_response()
+        })
+}
+
+/// Serves [`loading_app`] on `listener` until `loaded` completes (then finishes the requests in
+/// flight), so that a server binds its port before a long model load. Hand the same socket to
+/// [`serve`] afterwards (e.g. two handles from `std::net::TcpListener::try_clone`).
+pub async fn serve_loading(
+    listener: tokio::net::TcpListener,
+    loaded: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    axum::serve(listener, loading_app())
+        .with_graceful_shutdown(loaded)
         .await?;
     Ok(())
 }

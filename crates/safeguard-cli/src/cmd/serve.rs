@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// The model name answered in `model` fields [default: the model directory's name].
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Test hook: sleep this long before loading the model (to observe the loading state).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub debug_load_delay_ms: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -74,6 +77,34 @@ fn parse_rate(s: &str) -> Result<f64, String> {
             "{s:?} is not a positive rate (requests per second, e.g. 10 or 10/s)"
         )),
     }
+}
+
+/// Builds the backend and the app (the slow part: loading the model).
+fn load(
+    args: ServeArgs,
+    api_keys: ApiKeys,
+    config: ServerConfig,
+) -> anyhow::Result<(Arc<AppState>, safeguard_server::Router)> {
+    let built = backend::build(&args.backend)?;
+    let model = args.served_model_name.clone().unwrap_or_else(|| {
+        built
+            .model
+            .as_deref()
+            .map(|m| {
+                let m = m.trim_end_matches(['/', '\\']);
+                m.rsplit(['/', '\\']).next().unwrap_or(m).to_string()
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "safeguard".into())
+    });
+    let state = Arc::new(AppState::new(built.guard, model, api_keys, config)?);
+    // Chat completions run on the local model; other backends answer 501 chat_unavailable.
+    let mut router = safeguard_server::app(Arc::clone(&state));
+    if let Some(local) = built.local {
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        router = safeguard_server::chat::with_chat(router, ChatHandle::new(local, slots));
+    }
+    Ok((state, router))
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -106,36 +137,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_images_per_request: args.max_images,
         max_concurrent_requests: args.max_concurrent_requests,
     };
-    let built = backend::build(&args.backend)?;
-    let model = args.served_model_name.clone().unwrap_or_else(|| {
-        built
-            .model
-            .as_deref()
-            .map(|m| {
-                let m = m.trim_end_matches(['/', '\\']);
-                m.rsplit(['/', '\\']).next().unwrap_or(m).to_string()
-            })
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| "safeguard".into())
-    });
-    let state = Arc::new(AppState::new(built.guard, model, api_keys, config)?);
-    // Chat completions run on the local model; other backends answer 501 chat_unavailable.
-    let mut router = safeguard_server::app(Arc::clone(&state));
-    if let Some(local) = built.local {
-        let slots = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        router = safeguard_server::chat::with_chat(router, ChatHandle::new(local, slots));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("safeguard-http")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.addr)
-            .await
+        // Bind first and answer "loading" on the port while the model loads; the same socket
+        // then serves the API.
+        let socket = std::net::TcpListener::bind(args.addr)
             .with_context(|| format!("cannot listen on {}", args.addr))?;
-        let local = listener.local_addr()?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let early = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
         eprintln!("listening on http://{local}");
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+        let loading = tokio::spawn(safeguard_server::serve_loading(early, async move {
+            let _ = loaded_rx.await;
+        }));
+        let delay = Duration::from_millis(args.debug_load_delay_ms);
+        let load = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            load(args, api_keys, config)
+        });
+        let loaded = tokio::select! {
+            loaded = load => loaded,
+            () = safeguard_server::shutdown_signal() => {
+                eprintln!("stopped while loading");
+                return anyhow::Ok(());
+            }
+        };
+        let _ = loaded_tx.send(());
+        loading.await??;
+        let (state, router) = loaded.context("the loading task failed")??;
+        eprintln!("ready: serving {}", state.model);
+        let listener = tokio::net::TcpListener::from_std(socket)?;
         safeguard_server::serve_router(
             listener,
             router,
