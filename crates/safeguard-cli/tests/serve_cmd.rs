@@ -464,13 +464,16 @@ fn serve_reports_loading_until_the_model_is_loaded() {
         b64(&std::fs::read(tiny_guard().join("image-b.png")).unwrap())
     );
     let json = [("Content-Type", "application/json")];
-    let (status, body) = http(
-        &server.addr,
-        "POST",
-        "/v1/moderate",
-        &json,
-        request.as_bytes(),
-    );
+    let moderate = || {
+        http(
+            &server.addr,
+            "POST",
+            "/v1/moderate",
+            &json,
+            request.as_bytes(),
+        )
+    };
+    let (status, body) = moderate();
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("\"unavailable\"") && body.contains("loading"),
@@ -479,13 +482,7 @@ fn serve_reports_loading_until_the_model_is_loaded() {
     server.wait_for("ready: serving tiny-guard");
     let (status, body) = http(&server.addr, "GET", "/readyz", &[], b"");
     assert_eq!(status, 200, "{body}");
-    let (status, body) = http(
-        &server.addr,
-        "POST",
-        "/v1/moderate",
-        &json,
-        request.as_bytes(),
-    );
+    let (status, body) = moderate();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"verdict\":\"safe\""), "{body}");
     assert!(server.stop().success());

@@ -426,7 +426,7 @@ async fn handle_request(state: &AppState, req: Request) -> Result<Response, ApiE
         return Err(unavailable(state.guard.name()));
     };
     input::body_kind(&req, &[BodyKind::Json])?;
-    let bytes = input::body_bytes(req).await?;
+    let bytes = input::body_bytes(req, state.config.max_body_bytes).await?;
     let parsed = parse_request(&bytes, state.config.max_images_per_request)?;
     drop(bytes);
     let slot = acquire(&handle).await?;

@@ -2,11 +2,13 @@
 //! multipart fields, base64 / data-URL images, policy specifications and modes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
 use base64::Engine as _;
+use http_body_util::BodyExt as _;
 use safeguard_core::policy::{presets, MAX_POLICY_BYTES};
 use safeguard_core::{Format, Policy, Stance};
 use serde::de::DeserializeOwned;
@@ -67,18 +69,58 @@ pub fn body_kind(req: &Request, accepted: &[BodyKind]) -> Result<BodyKind, ApiEr
     }
 }
 
-/// Reads the whole body within the body limit (413 `payload_too_large` above it).
-pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, &()).await.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body over the size limit",
-            )
-        } else {
+/// Bytes of an over-limit body read on and dropped, so that a client still sending gets the
+/// 413 answer instead of a connection reset under its upload; a body declared larger than
+/// `limit` + this is refused without reading (the connection is then closed).
+pub const DRAIN_BYTES: usize = 64 << 20;
+/// Longest time spent draining an over-limit body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads the whole body, at most `limit` bytes (413 `payload_too_large` above it; see
+/// [`DRAIN_BYTES`]).
+pub async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body over the size limit ({limit} bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > (limit + DRAIN_BYTES) as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
             ApiError::new(ErrorCode::InvalidRequest, "cannot read the request body")
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and drops up to [`DRAIN_BYTES`] more of `body`, for at most [`DRAIN_TIME`].
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_BYTES {
+                break;
+            }
         }
     })
+    .await;
 }
 
 /// Parses JSON; every failure (syntax, nesting over 128 levels, wrong field types) is a 400

@@ -120,7 +120,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Respon
 async fn moderate(state: &AppState, req: Request, start: Instant) -> Result<Response, ApiError> {
     let parsed = match input::body_kind(&req, &[BodyKind::Json, BodyKind::Multipart])? {
         BodyKind::Json => parse_request(
-            &input::body_bytes(req).await?,
+            &input::body_bytes(req, state.config.max_body_bytes).await?,
             state.config.max_images_per_request,
         )?,
         BodyKind::Multipart => from_multipart(req, state.config.max_images_per_request).await?,

@@ -131,7 +131,7 @@ pub fn parse_request(body: &[u8], max_images: usize) -> Result<ModerationsInput,
 async fn moderations(state: &AppState, req: Request, start: Instant) -> Result<Response, ApiError> {
     input::body_kind(&req, &[BodyKind::Json])?;
     let ModerationsInput { images, spec } = parse_request(
-        &input::body_bytes(req).await?,
+        &input::body_bytes(req, state.config.max_body_bytes).await?,
         state.config.max_images_per_request,
     )?;
     let policy = Arc::clone(&spec.policy);

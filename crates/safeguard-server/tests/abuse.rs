@@ -10,6 +10,16 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
+/// POSTs image-b under L3 to `url` (a `/v1/moderate` URL), without a key.
+async fn post_image_b(url: &str) -> reqwest::Response {
+    client()
+        .post(url)
+        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn good_request(server: &TestServer, key: Option<&str>) {
     let mut req = client()
         .post(server.at("/v1/moderate"))
@@ -261,14 +271,7 @@ async fn full_queue_answers_429_and_recovers() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let url = server.at("/v1/moderate");
-        tasks.push(tokio::spawn(async move {
-            client()
-                .post(&url)
-                .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
-                .send()
-                .await
-                .unwrap()
-        }));
+        tasks.push(tokio::spawn(async move { post_image_b(&url).await }));
     }
     let (mut ok, mut full) = (0, 0);
     for t in tasks {
@@ -283,12 +286,7 @@ async fn full_queue_answers_429_and_recovers() {
     }
     assert!(ok >= 1 && full >= 1, "ok {ok}, queue_full {full}");
     // Served again once the queue drains.
-    let r = client()
-        .post(server.at("/v1/moderate"))
-        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_image_b(&server.at("/v1/moderate")).await;
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
@@ -304,15 +302,9 @@ async fn requests_over_the_concurrency_limit_get_503_and_health_stays_up() {
     let mut tasks = Vec::new();
     for _ in 0..2 {
         let url = server.at("/v1/moderate");
-        tasks.push(tokio::spawn(async move {
-            client()
-                .post(&url)
-                .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
+        tasks.push(tokio::spawn(
+            async move { post_image_b(&url).await.status() },
+        ));
     }
     // Both slots are taken while the guard sleeps.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -323,12 +315,7 @@ async fn requests_over_the_concurrency_limit_get_503_and_health_stays_up() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let r = client()
-        .post(server.at("/v1/moderate"))
-        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_image_b(&server.at("/v1/moderate")).await;
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(error_code(r).await, (503, "overloaded".into()));
     // Health routes do not count against the limit.
@@ -338,12 +325,7 @@ async fn requests_over_the_concurrency_limit_get_503_and_health_stays_up() {
         assert_eq!(t.await.unwrap(), 200);
     }
     // The slots are free again.
-    let r = client()
-        .post(server.at("/v1/moderate"))
-        .json(&json!({"image": b64(&image_b()), "policy": "L3"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_image_b(&server.at("/v1/moderate")).await;
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
@@ -468,4 +450,52 @@ async fn slow_requests_time_out_and_shutdown_finishes_in_flight_ones() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.stop().await;
     assert_eq!(in_flight.await.unwrap(), 200);
+}
+
+/// A client that sends a whole over-limit body before reading (as most HTTP clients do) gets
+/// the 413 JSON answer, not a reset connection: the server reads on and drops the excess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_uploads_get_their_413_after_sending_everything() {
+    let config = ServerConfig {
+        max_body_bytes: 1 << 20,
+        ..ServerConfig::default()
+    };
+    let guard = Arc::new(FakeGuard(Behaviour::Slow(Duration::ZERO)));
+    let server = TestServer::start(guard, ApiKeys::none(), config).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let statuses = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        (0..10)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                let body = vec![b' '; 6 << 20];
+                let head = format!(
+                    "POST /v1/moderate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                // Fails with a reset if the server closed before reading the upload.
+                s.write_all(&body).map_err(|e| e.to_string())?;
+                let mut response = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read until the JSON error body has arrived.
+                while !String::from_utf8_lossy(&response).contains("payload_too_large") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => response.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Ok(String::from_utf8_lossy(&response).to_string())
+            })
+            .collect::<Vec<Result<String, String>>>()
+    })
+    .await
+    .unwrap();
+    for r in statuses {
+        let text = r.expect("the upload was written completely");
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("payload_too_large"), "{text}");
+    }
+    good_request(&server, None).await;
+    server.stop().await;
 }
