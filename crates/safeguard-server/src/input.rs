@@ -79,20 +79,32 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// Reads the whole body, at most `limit` bytes (413 `payload_too_large` above it; see
 /// [`DRAIN_BYTES`]).
 pub async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = content_length(req.headers());
+    read_limited(req.into_body(), declared, limit).await
+}
+
+/// The `Content-Length` a request declares, if any.
+fn content_length(headers: &header::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// [`body_bytes`] on a body whose declared length is `declared`.
+async fn read_limited(
+    mut body: Body,
+    declared: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("request body over the size limit ({limit} bytes)"),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > (limit + DRAIN_BYTES) as u64) {
         return Err(too_large());
     }
-    let mut body = req.into_body();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
@@ -131,8 +143,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Opens a multipart body.
-pub async fn multipart(req: Request) -> Result<Multipart, ApiError> {
-    Multipart::from_request(req, &())
+///
+/// The body is read first within `limit` (as [`body_bytes`]: an over-limit upload is drained so
+/// that the client gets its 413), then parsed.
+pub async fn multipart(req: Request, limit: usize) -> Result<Multipart, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(body, content_length(&parts.headers), limit).await?;
+    Multipart::from_request(Request::from_parts(parts, Body::from(bytes)), &())
         .await
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
 }

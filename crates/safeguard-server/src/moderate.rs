@@ -123,7 +123,10 @@ async fn moderate(state: &AppState, req: Request, start: Instant) -> Result<Resp
             &input::body_bytes(req, state.config.max_body_bytes).await?,
             state.config.max_images_per_request,
         )?,
-        BodyKind::Multipart => from_multipart(req, state.config.max_images_per_request).await?,
+        BodyKind::Multipart => {
+            let config = &state.config;
+            from_multipart(req, config.max_images_per_request, config.max_body_bytes).await?
+        }
     };
     let results = judge_images(state, parsed.images, &parsed.spec).await?;
     let to_result =
@@ -197,8 +200,12 @@ fn from_json(req: ModerateRequest, max_images: usize) -> Result<ModerateInput, A
     })
 }
 
-async fn from_multipart(req: Request, max_images: usize) -> Result<ModerateInput, ApiError> {
-    let mut mp = input::multipart(req).await?;
+async fn from_multipart(
+    req: Request,
+    max_images: usize,
+    max_body_bytes: usize,
+) -> Result<ModerateInput, ApiError> {
+    let mut mp = input::multipart(req, max_body_bytes).await?;
     let mut images = Vec::new();
     let (mut policy, mut mode, mut threshold) = (None, None, None);
     while let Some(field) = mp.next_field().await.map_err(input::multipart_error)? {

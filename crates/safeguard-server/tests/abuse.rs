@@ -453,7 +453,8 @@ async fn slow_requests_time_out_and_shutdown_finishes_in_flight_ones() {
 }
 
 /// A client that sends a whole over-limit body before reading (as most HTTP clients do) gets
-/// the 413 JSON answer, not a reset connection: the server reads on and drops the excess.
+/// the 413 JSON answer, not a reset connection: the server reads on and drops the excess. JSON
+/// and multipart uploads alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_uploads_get_their_413_after_sending_everything() {
     let config = ServerConfig {
@@ -465,12 +466,14 @@ async fn over_limit_uploads_get_their_413_after_sending_everything() {
     let addr = server.url.trim_start_matches("http://").to_string();
     let statuses = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
+        let kinds = ["application/json", "multipart/form-data; boundary=XBOUNDARY"];
         (0..10)
-            .map(|_| {
+            .map(|i| {
                 let mut s = std::net::TcpStream::connect(&addr).unwrap();
                 let body = vec![b' '; 6 << 20];
                 let head = format!(
-                    "POST /v1/moderate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    "POST /v1/moderate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                    kinds[i % 2],
                     body.len()
                 );
                 s.write_all(head.as_bytes()).unwrap();
