@@ -507,3 +507,16 @@ fn serve_exits_2_when_the_model_cannot_load() {
     assert!(stderr.contains("listening on http://"), "{stderr}");
     assert!(stderr.contains("/nonexistent/model not found"), "{stderr}");
 }
+
+/// SIGTERM while the model loads ends the process at once, exit 0.
+#[test]
+fn serve_stops_promptly_when_signalled_while_loading() {
+    let server = Server::spawn(&["--debug-load-delay-ms", "60000"]);
+    let start = std::time::Instant::now();
+    assert!(server.stop().success());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+}

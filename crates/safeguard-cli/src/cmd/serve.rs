@@ -142,7 +142,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("safeguard-http")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         // Bind first and answer "loading" on the port while the model loads; the same socket
         // then serves the API.
         let socket = std::net::TcpListener::bind(args.addr)
@@ -181,6 +181,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await?;
         eprintln!("stopped");
         anyhow::Ok(())
-    })?;
+    });
+    // A model still loading after a shutdown signal is not waited for.
+    runtime.shutdown_background();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
