@@ -31,7 +31,11 @@ pub const SHAPES: &[&str] = &["tiny", "small", "7b"];
 /// The `config.json` of a named shape (see the module docs), with the released checkpoints'
 /// special token ids and the 151,936-token vocabulary (152,064 for `7b`, 1,024 for `tiny`).
 pub fn named_shape(name: &str) -> Result<Config, EngineError> {
-    let value = named_shape_json(name)?;
+    shape_config(name, &named_shape_json(name)?)
+}
+
+/// Parses the `config.json` value of shape `name`.
+fn shape_config(name: &str, value: &Value) -> Result<Config, EngineError> {
     Config::from_json_str(&value.to_string()).map_err(|e| EngineError::Input {
         reason: format!("shape `{name}`: {e}"),
     })
@@ -145,9 +149,7 @@ pub fn save_random_model(
     let tokenizer = QwenTokenizer::from_file(tokenizer_path)?;
     let mut value = named_shape_json(name)?;
     fit_tokenizer_json(&mut value, &tokenizer);
-    let cfg = Config::from_json_str(&value.to_string()).map_err(|e| EngineError::Input {
-        reason: format!("shape `{name}`: {e}"),
-    })?;
+    let cfg = shape_config(name, &value)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     Qwen2_5VlModel::new(&cfg, WeightLayout::Legacy, vb)?;

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use safeguard_engine::shapes::{save_random_model, SHAPES};
-
+use safeguard_engine::shapes::save_random_model;
 use safeguard_engine::weights::parse_dtype;
 
 #[derive(Debug, Args)]
@@ -26,7 +25,6 @@ pub struct RandomModelArgs {
 }
 
 pub fn run(args: RandomModelArgs) -> anyhow::Result<ExitCode> {
-    debug_assert!(SHAPES.contains(&args.shape.as_str()));
     let dtype = parse_dtype(&args.dtype).context("--dtype")?;
     save_random_model(&args.shape, &args.tokenizer, dtype, &args.out).with_context(|| {
         format!(
