@@ -125,8 +125,4 @@ pub enum VisionError {
         #[source]
         source: serde_json::Error,
     },
-
-    /// The resampler refused the request (should not happen: sizes are checked first).
-    #[error("resize failed")]
-    Resize(#[source] fast_image_resize::ResizeError),
 }

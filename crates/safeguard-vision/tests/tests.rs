@@ -5,4 +5,5 @@ mod config;
 mod decode;
 mod mutated;
 mod parity;
+mod pillow_resize;
 mod sizes;

@@ -1,0 +1,284 @@
+//! A bit-exact port of Pillow 13's bicubic resampler for 8-bit RGB (`libImaging/Resample.c`).
+//!
+//! Pillow resamples in two separable one-dimensional passes. Each pass has a table of
+//! coefficients, one window per output sample, built in `f64` and then rounded to fixed point
+//! with [`PRECISION_BITS`] fractional bits; the pass itself is integer arithmetic only:
+//!
+//! ```text
+//! out = clamp((2^21 + Σ_t in[start + t] · w_t) >> 22, 0, 255)      w_t: i32, Σ w_t ≈ 2^22
+//! ```
+//!
+//! The intermediate image between the passes is 8-bit (rounded and clipped as above), so the
+//! order of the passes changes the result; [`resize_rgb`] follows Pillow 13's choice and, like
+//! Pillow, runs only the passes whose side changes.
+//!
+//! Every floating-point step of the coefficient tables is written in the same order as Pillow's C
+//! (no fused multiply-add, `f32` box coordinates widened to `f64`, truncation toward zero), so the
+//! integer weights are identical and therefore so is every output byte. This holds against
+//! Pillow builds whose compiler does not contract `a * b + c` into an FMA, which is the case for
+//! the x86-64 wheels on PyPI (baseline SSE2); an FMA-contracting build can round a coefficient
+//! differently.
+
+use std::ops::Range;
+
+/// Fractional bits of the fixed-point weights: `32 - 8 - 2`, leaving 8 bits for the sample and 2
+/// for the overshoot of a kernel with negative lobes (a weighted sum may exceed 255 or drop below
+/// 0 before it is clipped).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// `0.5` in fixed point: the accumulator starts here so that the final shift rounds half up.
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Support of the bicubic kernel at scale 1, in input samples on each side of the centre.
+const SUPPORT: f64 = 2.0;
+
+/// The cubic convolution kernel of Keys (1981) with `a = -0.5` (Catmull-Rom), as Pillow writes
+/// it: the same expression order, so the same rounding.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// The fixed-point weights of one resampling pass along one axis.
+///
+/// Output sample `i` reads the input samples `windows[i]` with the weights
+/// `weights[i * stride..][..windows[i].len()]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Coefficients {
+    windows: Vec<Range<usize>>,
+    weights: Vec<i32>,
+    stride: usize,
+}
+
+impl Coefficients {
+    /// The table for resizing `in_size` samples to `out_size` (both at least 1) over the whole
+    /// input, Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`.
+    ///
+    /// For output sample `i` the kernel is centred at `(i + 0.5) · scale` in input coordinates,
+    /// where `scale = in_size / out_size`. When downscaling (`scale > 1`) the kernel is stretched
+    /// by `scale` (so it averages every input sample it covers: antialiasing) and its support
+    /// widens to `2 · scale`. The window is `[trunc(centre - support + 0.5), trunc(centre +
+    /// support + 0.5))` clipped to the input; input sample `j` gets `bicubic((j - centre + 0.5) /
+    /// filterscale)`, the weights are divided by their sum (so a flat input stays flat, also at
+    /// the borders where the window is clipped) and rounded half away from zero to
+    /// [`PRECISION_BITS`] bits.
+    pub(super) fn bicubic(in_size: usize, out_size: usize) -> Self {
+        assert!(in_size > 0 && out_size > 0, "resize between empty sides");
+        // Pillow's box is `float[4]`; `in1 - in0` is a float subtraction widened to double.
+        let scale = f64::from(in_size as f32) / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = SUPPORT * filterscale;
+        let stride = support.ceil() as usize * 2 + 1;
+        let inv_filterscale = 1.0 / filterscale;
+        let mut windows = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * stride];
+        let mut kernel = vec![0f64; stride];
+        for (i, out) in weights.chunks_exact_mut(stride).enumerate() {
+            let centre = (i as f64 + 0.5) * scale;
+            // `as` truncates toward zero like C's `(int)`; a negative start clips to 0 anyway.
+            let start = ((centre - support + 0.5) as i64).max(0) as usize;
+            let end = ((centre + support + 0.5) as i64).min(in_size as i64) as usize;
+            let taps = &mut kernel[..end - start];
+            let mut sum = 0.0;
+            for (t, w) in taps.iter_mut().enumerate() {
+                *w = bicubic(((start + t) as f64 - centre + 0.5) * inv_filterscale);
+                sum += *w;
+            }
+            if sum != 0.0 {
+                taps.iter_mut().for_each(|w| *w /= sum);
+            }
+            for (fixed, &w) in out.iter_mut().zip(taps.iter()) {
+                let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                *fixed = if w < 0.0 { scaled - 0.5 } else { scaled + 0.5 } as i32;
+            }
+            windows.push(start..end);
+        }
+        Self {
+            windows,
+            weights,
+            stride,
+        }
+    }
+
+    /// Output samples of this pass.
+    fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// The input rows (or columns) that any output sample reads: from the first window's start
+    /// to the last window's end.
+    fn span(&self) -> Range<usize> {
+        let first = self.windows.first().map_or(0, |w| w.start);
+        let last = self.windows.last().map_or(0, |w| w.end);
+        first..last
+    }
+
+    /// Output sample `i`: its input window and its weights (one per input sample).
+    fn window(&self, i: usize) -> (Range<usize>, &[i32]) {
+        let window = self.windows[i].clone();
+        let weights = &self.weights[i * self.stride..][..window.len()];
+        (window, weights)
+    }
+}
+
+/// Rounds a fixed-point accumulator to a sample and clips it to `0..=255` (Pillow's `clip8`,
+/// whose lookup table covers every value a pass can produce).
+#[inline(always)]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes packed RGB (`width * height * 3` bytes) to `out_w × out_h` exactly as Pillow 13's
+/// `Image.resize((out_w, out_h), Image.BICUBIC)` does on an `RGB` image.
+///
+/// Pass order (`ImagingResampleInner`): the vertical pass runs first when the height shrinks by
+/// more than twice as many pixels as the width (`in_h - out_h > 0` and `in_h - out_h > 2 (in_w -
+/// out_w)`), else the horizontal one. A pass whose side is unchanged is skipped (at scale 1 the
+/// bicubic weights are exactly `[0, 1, 0]`, so it would be the identity). When the horizontal pass runs
+/// first it only processes the rows that the vertical pass reads ([`Coefficients::span`]), as
+/// Pillow does; that saves work and changes nothing.
+pub(super) fn resize_rgb(
+    src: &[u8],
+    (in_w, in_h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+) -> Vec<u8> {
+    assert_eq!(
+        src.len(),
+        in_w * in_h * 3,
+        "source is not {in_w}x{in_h} RGB"
+    );
+    let need_horizontal = out_w != in_w;
+    let need_vertical = out_h != in_h;
+    let vertical_first = vertical_first((in_w, in_h), (out_w, out_h));
+    match (need_horizontal, need_vertical) {
+        (false, false) => src.to_vec(),
+        (true, false) => horizontal(src, in_w, 0..in_h, &Coefficients::bicubic(in_w, out_w)),
+        (false, true) => vertical(src, in_w, 0, &Coefficients::bicubic(in_h, out_h)),
+        (true, true) if vertical_first => {
+            let rows = vertical(src, in_w, 0, &Coefficients::bicubic(in_h, out_h));
+            horizontal(&rows, in_w, 0..out_h, &Coefficients::bicubic(in_w, out_w))
+        }
+        (true, true) => {
+            let columns = Coefficients::bicubic(in_h, out_h);
+            let span = columns.span();
+            let offset = span.start;
+            let cols = horizontal(src, in_w, span, &Coefficients::bicubic(in_w, out_w));
+            vertical(&cols, out_w, offset, &columns)
+        }
+    }
+}
+
+/// Pillow 13's choice of pass order: vertical first only when the height shrinks by more than
+/// twice as many pixels as the width does (Pillow ≤ 12 always went horizontal first).
+pub(super) fn vertical_first((in_w, in_h): (usize, usize), (out_w, out_h): (usize, usize)) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// The horizontal pass over the source rows `rows` of an RGB image `width` pixels wide:
+/// `coeffs.len()` output pixels per row, one output row per source row.
+fn horizontal(src: &[u8], width: usize, rows: Range<usize>, coeffs: &Coefficients) -> Vec<u8> {
+    let out_w = coeffs.len();
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    let src_rows = src[rows.start * width * 3..rows.end * width * 3].chunks_exact(width * 3);
+    for (line, out_line) in src_rows.zip(out.chunks_exact_mut(out_w * 3)) {
+        for (x, px) in out_line.chunks_exact_mut(3).enumerate() {
+            let (window, weights) = coeffs.window(x);
+            let taps = &line[window.start * 3..window.end * 3];
+            let mut acc = [HALF; 3];
+            for (sample, &w) in taps.chunks_exact(3).zip(weights) {
+                acc[0] += i32::from(sample[0]) * w;
+                acc[1] += i32::from(sample[1]) * w;
+                acc[2] += i32::from(sample[2]) * w;
+            }
+            px[0] = clip8(acc[0]);
+            px[1] = clip8(acc[1]);
+            px[2] = clip8(acc[2]);
+        }
+    }
+    out
+}
+
+/// The vertical pass over an RGB image `width` pixels wide whose row 0 is source row `offset`
+/// (the horizontal pass may have skipped the rows above): `coeffs.len()` output rows.
+///
+/// Each output row is accumulated one input row at a time into a row of `i32` accumulators, so
+/// the inner loop runs over contiguous bytes; integer addition makes this the same sum as
+/// Pillow's sample-by-sample loop.
+fn vertical(src: &[u8], width: usize, offset: usize, coeffs: &Coefficients) -> Vec<u8> {
+    let line = width * 3;
+    let mut out = vec![0u8; coeffs.len() * line];
+    let mut acc = vec![0i32; line];
+    for (y, out_line) in out.chunks_exact_mut(line).enumerate() {
+        let (window, weights) = coeffs.window(y);
+        acc.fill(HALF);
+        for (row, &w) in (window.start - offset..window.end - offset).zip(weights) {
+            let input = &src[row * line..(row + 1) * line];
+            for (a, &v) in acc.iter_mut().zip(input) {
+                *a += i32::from(v) * w;
+            }
+        }
+        for (o, &a) in out_line.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point_and_stay_in_the_input() {
+        for (input, output) in [(1, 7), (7, 1), (10, 3), (3, 10), (4032, 1288), (17, 17)] {
+            let c = Coefficients::bicubic(input, output);
+            assert_eq!(c.len(), output);
+            for i in 0..output {
+                let (window, weights) = c.window(i);
+                assert!(
+                    !window.is_empty() && window.end <= input,
+                    "{input}->{output}"
+                );
+                let sum: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+                // Each weight is rounded on its own: the sum is within half a unit per tap.
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).unsigned_abs() <= weights.len() as u64,
+                    "{input}->{output} [{i}]: {sum}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_matches_catmull_rom() {
+        assert_eq!(bicubic(0.0), 1.0);
+        assert_eq!(bicubic(1.0), 0.0);
+        assert_eq!(bicubic(2.0), 0.0);
+        assert_eq!(bicubic(0.5), 0.5625);
+        assert_eq!(bicubic(-1.5), -0.0625);
+    }
+
+    #[test]
+    fn one_pixel_source_is_replicated() {
+        let out = resize_rgb(&[200, 40, 90], (1, 1), (3, 2));
+        assert_eq!(out, [200, 40, 90].repeat(6));
+    }
+
+    #[test]
+    fn flat_image_stays_flat() {
+        let src = [17u8, 130, 250].repeat(13 * 9);
+        for size in [(5, 4), (26, 18), (13, 2), (1, 9), (40, 3)] {
+            let out = resize_rgb(&src, (13, 9), size);
+            assert_eq!(out, [17u8, 130, 250].repeat(size.0 * size.1), "{size:?}");
+        }
+    }
+}
