@@ -200,6 +200,14 @@ pub struct MetricsReport {
     pub bootstrap: Option<BootstrapReport>,
 }
 
+impl MetricsReport {
+    /// True when no row had a verdict: every number is then 0 by convention and means
+    /// nothing, so callers say that no item was assessed instead of printing a score.
+    pub fn is_empty(&self) -> bool {
+        self.pooled.n == 0
+    }
+}
+
 /// Groups rows by policy, keeping file order within each group.
 pub fn by_policy(rows: &[Prediction]) -> BTreeMap<&str, Vec<&Prediction>> {
     let mut groups: BTreeMap<&str, Vec<&Prediction>> = BTreeMap::new();

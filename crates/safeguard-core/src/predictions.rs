@@ -4,6 +4,12 @@
 //! `{"id", "policy", "label", "pred", "p_unsafe"?, "output"?, "latency_ms"?}`, or CSV with the
 //! same columns. Labels and predictions are `safe`/`unsafe`; `0`/`1` (1 = unsafe) are accepted
 //! on input. Every error names the line and the field.
+//!
+//! A row without a verdict (`"pred": null`, as `safeguard eval` writes an item that the guard
+//! could not assess or that failed; an empty `pred` cell in CSV) is an [`Unassessed`] row:
+//! [`read_file_all`] / [`parse_jsonl_all`] / [`parse_csv_all`] return those apart from the
+//! [`Prediction`]s, which are what the metrics are computed on. The plain [`read_file`] /
+//! [`parse_jsonl`] / [`parse_csv`] refuse them (an error naming the first such line).
 
 use std::path::Path;
 
@@ -34,8 +40,55 @@ pub struct Prediction {
     pub latency_ms: Option<f64>,
 }
 
-/// Reads a predictions file: `.csv` as CSV, anything else as JSONL.
+/// A row without a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unassessed {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// Item id.
+    pub id: String,
+    /// Policy name.
+    pub policy: String,
+    /// Why there is no judgement, when the row says (`safeguard eval`'s `error` field: the item
+    /// failed rather than went unassessed).
+    pub error: Option<String>,
+}
+
+/// A predictions file: the rows with a verdict and, apart, those without.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PredictionFile {
+    /// Rows with a verdict, in file order.
+    pub rows: Vec<Prediction>,
+    /// Rows without one (`pred` null), in file order.
+    pub unassessed: Vec<Unassessed>,
+}
+
+impl PredictionFile {
+    /// The rows, or an error at the first unassessed line (for callers that need a verdict
+    /// on every row).
+    fn all_assessed(self) -> Result<Vec<Prediction>, Error> {
+        match self.unassessed.first() {
+            Some(u) => Err(row_error(
+                u.line,
+                "field \"pred\" is null (an unassessed item); read the file with read_file_all \
+                 to count such rows apart",
+            )),
+            None => Ok(self.rows),
+        }
+    }
+}
+
+/// Reads a predictions file: `.csv` as CSV, anything else as JSONL. Unassessed rows are an
+/// error; [`read_file_all`] keeps them apart.
 pub fn read_file(path: &Path) -> Result<Vec<Prediction>, Error> {
+    read_file_all(path)?
+        .all_assessed()
+        .map_err(|e| e.in_file(path))
+}
+
+/// Reads a predictions file (`.csv` as CSV, anything else as JSONL), unassessed rows apart.
+/// A file without any row, assessed or not, is [`Error::NoPredictions`].
+pub fn read_file_all(path: &Path) -> Result<PredictionFile, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -45,9 +98,9 @@ pub fn read_file(path: &Path) -> Result<Vec<Prediction>, Error> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let rows = if is_csv {
-        parse_csv(&text)
+        parse_csv_all(&text)
     } else {
-        parse_jsonl(&text)
+        parse_jsonl_all(&text)
     };
     rows.map_err(|e| e.in_file(path))
 }
@@ -87,9 +140,14 @@ fn probability_field(line: usize, value: f64) -> Result<f64, Error> {
     }
 }
 
-/// Parses JSONL predictions. Blank lines are skipped.
+/// Parses JSONL predictions. Blank lines are skipped; unassessed rows are an error.
 pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
-    let mut rows = Vec::new();
+    parse_jsonl_all(text)?.all_assessed()
+}
+
+/// Parses JSONL predictions, rows with `"pred": null` apart. Blank lines are skipped.
+pub fn parse_jsonl_all(text: &str) -> Result<PredictionFile, Error> {
+    let mut out = PredictionFile::default();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         if raw.trim().is_empty() {
@@ -112,6 +170,18 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
                 None => Err(row_error(line, format!("missing field \"{name}\""))),
             }
         };
+        if matches!(object.get("pred"), Some(serde_json::Value::Null)) {
+            out.unassessed.push(Unassessed {
+                line,
+                id: non_empty(line, "id", text_field("id")?)?,
+                policy: non_empty(line, "policy", text_field("policy")?)?,
+                error: object
+                    .get("error")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            });
+            continue;
+        }
         let p_unsafe = match object.get("p_unsafe") {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(probability_field(
@@ -121,7 +191,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
                 })?,
             )?),
         };
-        rows.push(Prediction {
+        out.rows.push(Prediction {
             id: non_empty(line, "id", text_field("id")?)?,
             policy: non_empty(line, "policy", text_field("policy")?)?,
             label: verdict_field(line, "label", &text_field("label")?)?,
@@ -134,14 +204,20 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prediction>, Error> {
             latency_ms: object.get("latency_ms").and_then(|v| v.as_f64()),
         });
     }
-    if rows.is_empty() {
+    if out.rows.is_empty() && out.unassessed.is_empty() {
         return Err(Error::NoPredictions);
     }
-    Ok(rows)
+    Ok(out)
 }
 
-/// Parses CSV predictions with a header row naming the columns (any order).
+/// Parses CSV predictions with a header row naming the columns (any order); unassessed
+/// rows are an error.
 pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
+    parse_csv_all(text)?.all_assessed()
+}
+
+/// Parses CSV predictions, rows with an empty `pred` cell apart.
+pub fn parse_csv_all(text: &str) -> Result<PredictionFile, Error> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
@@ -169,7 +245,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
         required("pred")?,
     );
     let (p_unsafe, output, latency) = (column("p_unsafe"), column("output"), column("latency_ms"));
-    let mut rows = Vec::new();
+    let error_column = column("error");
+    let mut out = PredictionFile::default();
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line() as usize);
@@ -185,10 +262,22 @@ pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
                 }),
             }
         };
+        if get(pred).is_empty() {
+            out.unassessed.push(Unassessed {
+                line,
+                id: non_empty(line, "id", get(id).to_string())?,
+                policy: non_empty(line, "policy", get(policy).to_string())?,
+                error: error_column
+                    .map(get)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            });
+            continue;
+        }
         let p = optional_number(p_unsafe, "p_unsafe")?
             .map(|v| probability_field(line, v))
             .transpose()?;
-        rows.push(Prediction {
+        out.rows.push(Prediction {
             id: non_empty(line, "id", get(id).to_string())?,
             policy: non_empty(line, "policy", get(policy).to_string())?,
             label: verdict_field(line, "label", get(label))?,
@@ -201,8 +290,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Prediction>, Error> {
             latency_ms: optional_number(latency, "latency_ms")?,
         });
     }
-    if rows.is_empty() {
+    if out.rows.is_empty() && out.unassessed.is_empty() {
         return Err(Error::NoPredictions);
     }
-    Ok(rows)
+    Ok(out)
 }

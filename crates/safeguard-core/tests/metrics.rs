@@ -293,3 +293,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unassessed_rows_are_kept_apart() {
+    let jsonl = "{\"id\":1,\"policy\":\"L1\",\"label\":0,\"pred\":1}\n\
+                 {\"id\":2,\"policy\":\"L1\",\"label\":1,\"pred\":null,\"error\":\"timeout\"}\n\
+                 \n\
+                 {\"id\":3,\"policy\":\"L2\",\"label\":1,\"pred\":null}\n";
+    let file = predictions::parse_jsonl_all(jsonl).unwrap();
+    assert_eq!(file.rows.len(), 1);
+    assert_eq!(file.rows[0].id, "1");
+    let got: Vec<(usize, &str, &str, Option<&str>)> = file
+        .unassessed
+        .iter()
+        .map(|u| (u.line, u.id.as_str(), u.policy.as_str(), u.error.as_deref()))
+        .collect();
+    assert_eq!(got, [(2, "2", "L1", Some("timeout")), (4, "3", "L2", None)]);
+    // The plain reader refuses them, naming the line.
+    let e = err_text(predictions::parse_jsonl(jsonl));
+    assert!(
+        e.contains("line 2") && e.contains("\"pred\" is null"),
+        "{e}"
+    );
+
+    let csv = "id,policy,label,pred\n1,L1,safe,safe\n2,L1,unsafe,\n";
+    let file = predictions::parse_csv_all(csv).unwrap();
+    assert_eq!((file.rows.len(), file.unassessed.len()), (1, 1));
+    assert_eq!(file.unassessed[0].line, 3);
+
+    // Nothing assessed: an empty report, not an error.
+    let only =
+        predictions::parse_jsonl_all("{\"id\":1,\"policy\":\"L1\",\"label\":0,\"pred\":null}\n")
+            .unwrap();
+    assert!(only.rows.is_empty());
+    assert!(safeguard_core::metrics::compute(&only.rows).is_empty());
+    assert!(!safeguard_core::metrics::compute(&file.rows).is_empty());
+}

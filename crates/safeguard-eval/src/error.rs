@@ -104,6 +104,48 @@ pub enum EvalError {
         /// What was looked for.
         message: String,
     },
+    /// A split that the dataset does not have (`--split`).
+    #[error("{}: no split `{split}`; the splits here are: {available}; choose one with --split", path.display())]
+    NoSuchSplit {
+        /// The dataset path.
+        path: PathBuf,
+        /// The split asked for.
+        split: String,
+        /// The splits found, each with its files.
+        available: String,
+    },
+    /// `--split` asked for, but no file of the dataset is named by split.
+    #[error(
+        "{}: --split {split} was asked for, but no file here is named by split ({files}); \
+         give the file to load, or leave out --split",
+        path.display()
+    )]
+    NotSplit {
+        /// The dataset path.
+        path: PathBuf,
+        /// The split asked for.
+        split: String,
+        /// The files found, comma-separated.
+        files: String,
+    },
+    /// A dataset whose images are given only as URLs (the hub's LlavaGuard CSV) and none of
+    /// which is present locally.
+    #[error(
+        "{}: the images of this dataset are only URLs (e.g. {example}); none of its {rows} \
+         rows has a local image. Download them and pass --image-root DIR holding `{{id}}.jpg` \
+         (or .png/.jpeg/.webp) or the URL's file name; looked in: {looked}",
+        path.display()
+    )]
+    ImagesOnlyUrls {
+        /// The dataset file.
+        path: PathBuf,
+        /// How many rows it has.
+        rows: usize,
+        /// The first row's URL.
+        example: String,
+        /// The directories searched.
+        looked: String,
+    },
     /// A dataset in which no row could be used.
     #[error("{}: no usable rows ({skipped} skipped){}", path.display(), first_reason(.first))]
     Empty {

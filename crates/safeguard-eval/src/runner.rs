@@ -243,6 +243,31 @@ pub struct Summary {
     pub errors: usize,
 }
 
+impl Summary {
+    /// The one-line result `safeguard eval` prints: the macro score, pooled F1 and accuracy,
+    /// pairs and the unassessed and failed counts; or, when no item was assessed (every row
+    /// unassessed or failed), a line saying so instead of meaningless zeros.
+    pub fn score_line(&self) -> String {
+        if self.metrics.is_empty() {
+            return format!(
+                "no item was assessed ({} unassessed, {} errors): no score",
+                self.unassessed, self.errors
+            );
+        }
+        format!(
+            "macro score {:.3}; pooled F1 {:.3}, accuracy {:.3}; pairs {}/{}; unassessed {}, \
+             errors {}",
+            self.metrics.macro_score,
+            self.metrics.pooled.f1,
+            self.metrics.pooled.accuracy,
+            self.pairs.both_correct,
+            self.pairs.n,
+            self.unassessed,
+            self.errors
+        )
+    }
+}
+
 /// Computes the summary of prediction rows.
 pub fn summarize(rows: &[PredictionRow]) -> Summary {
     let predictions: Vec<Prediction> = rows.iter().filter_map(PredictionRow::prediction).collect();
@@ -467,7 +492,7 @@ pub fn run(
                 })
             })
             .collect();
-        let mut judged = guard.judge(&requests).into_iter();
+        let mut judged = safeguard_core::guard::judge_checked(guard, &requests).into_iter();
         for (item, bytes) in batch.iter().zip(&images) {
             let result = match bytes {
                 Err(e) => Err(e.clone()),

@@ -3,8 +3,10 @@
 mod common;
 mod demo;
 mod detect;
+mod hub;
 mod jsonl;
 mod llavaguard;
 mod report;
 mod safeeditbench;
+mod summary;
 mod unsafebench;

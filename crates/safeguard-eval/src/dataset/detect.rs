@@ -10,12 +10,15 @@ use crate::error::EvalError;
 
 /// Tells the format of a dataset path:
 /// - parquet (a `.parquet` file, or a directory with parquet files below it): a
-///   `policy_name` column → SafeEditBench; a string `safety_label` column → UnsafeBench;
-/// - `.csv` with a `safety_label` column → UnsafeBench;
-/// - `.json` / `.jsonl`: the first record has `rating` (or `final-assessment`) →
-///   LlavaGuard; it has `label` → our JSONL manifest;
-/// - a directory without parquet files: its single `.csv`, `.jsonl` or `.json` file, as
-///   above.
+///   `policy_name` column → SafeEditBench; a string or ClassLabel `safety_label` column →
+///   UnsafeBench;
+/// - `.csv` with a `safety_label` column → UnsafeBench; with `rating` → LlavaGuard (the
+///   hub's `id, url, rating, category, policy`);
+/// - `.json` / `.jsonl`: the first record has `rating`, `final-assessment` or
+///   `conversations` → LlavaGuard; it has `label` → our JSONL manifest;
+/// - a directory without parquet files: its `.csv`, `.jsonl` or `.json` files, as above
+///   (several of one extension, as in LlavaGuard-DS/vN/: told from `test.*`, else the
+///   first).
 ///
 /// Anything else is [`EvalError::UnknownFormat`], saying what was found.
 pub fn detect(path: &Path) -> Result<DatasetFormat, EvalError> {
@@ -34,13 +37,26 @@ pub fn detect(path: &Path) -> Result<DatasetFormat, EvalError> {
             return detect_parquet(&files[0]);
         }
         let candidates = files_with_ext(path, &["csv", "jsonl", "ndjson", "json"])?;
+        let one_ext = candidates.windows(2).all(|w| {
+            let ext = |p: &Path| p.extension().map(|e| e.to_ascii_lowercase());
+            ext(&w[0]) == ext(&w[1])
+        });
         match candidates.as_slice() {
             [one] => one.clone(),
             [] => {
-                return Err(unknown(
-                    "the directory holds no .parquet, .csv, .json or .jsonl file".to_string(),
-                ))
+                return Err(unknown(format!(
+                    "the directory holds no .parquet, .csv, .json or .jsonl file{}",
+                    super::subdirectories_hint(path)
+                )))
             }
+            [first, ..] if one_ext => candidates
+                .iter()
+                .find(|f| {
+                    f.file_stem()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("test"))
+                })
+                .unwrap_or(first)
+                .clone(),
             many => {
                 return Err(unknown(format!(
                     "the directory holds several data files ({}); give the one to load",
@@ -78,7 +94,7 @@ fn detect_parquet(file: &Path) -> Result<DatasetFormat, EvalError> {
     if pq.has("policy_name") {
         return Ok(DatasetFormat::SafeEditBench);
     }
-    if pq.is_byte_array("safety_label") {
+    if pq.is_byte_array("safety_label") || pq.class_names("safety_label").is_some() {
         return Ok(DatasetFormat::UnsafeBench);
     }
     let reason = if pq.has("safety_label") {
@@ -106,10 +122,14 @@ fn detect_csv(file: &Path) -> Result<DatasetFormat, EvalError> {
     if headers.iter().any(|h| h.trim() == "safety_label") {
         return Ok(DatasetFormat::UnsafeBench);
     }
+    if headers.iter().any(|h| h.trim() == "rating") {
+        return Ok(DatasetFormat::LlavaGuard);
+    }
     Err(EvalError::UnknownFormat {
         path: file.to_path_buf(),
         reason: format!(
-            "a CSV file without a `safety_label` column; columns: {}",
+            "a CSV file without a `safety_label` (UnsafeBench) or `rating` (LlavaGuard) \
+             column; columns: {}",
             headers.iter().collect::<Vec<_>>().join(", ")
         ),
     })
@@ -126,7 +146,7 @@ fn detect_json(file: &Path) -> Result<DatasetFormat, EvalError> {
         return Err(unknown("no JSON object found".to_string()));
     };
     let has = |key: &str| first.get(key).is_some_and(|v| !matches!(v, Value::Null));
-    if has("rating") || has("final-assessment") {
+    if has("rating") || has("final-assessment") || has("conversations") {
         Ok(DatasetFormat::LlavaGuard)
     } else if has("label") {
         Ok(DatasetFormat::Jsonl)

@@ -28,7 +28,7 @@ use crate::error::EvalError;
 
 /// Loads a JSONL manifest (a file, or a directory holding one `.jsonl` file).
 pub(crate) fn load(path: &Path, b: &mut Builder) -> Result<(), EvalError> {
-    let file = super::single_file(path, &["jsonl", "ndjson"], DatasetFormat::Jsonl)?;
+    let file = super::single_file(path, &["jsonl", "ndjson"], DatasetFormat::Jsonl, b)?;
     // Policy spec as written → policy name (failures are not cached: each bad row says why).
     let mut resolved: HashMap<String, String> = HashMap::new();
     for (index, record) in records(&file)? {
@@ -42,7 +42,9 @@ pub(crate) fn load(path: &Path, b: &mut Builder) -> Result<(), EvalError> {
             let image_text = req_str(&obj, "image").map_err(|m| err("image", m))?;
             let label = label(obj.get("label")).map_err(|m| err("label", m))?;
             let spec = req_str(&obj, "policy").map_err(|m| err("policy", m))?;
-            let image = super::resolve_image(&file, &image_text).map_err(|m| err("image", m))?;
+            let image = b
+                .resolve_image(&file, &image_text)
+                .map_err(|m| err("image", m))?;
             let policy = match resolved.get(&spec) {
                 Some(name) => name.clone(),
                 None => {

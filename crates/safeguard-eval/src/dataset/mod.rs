@@ -19,6 +19,7 @@ pub mod llavaguard;
 pub mod pairs;
 mod parquet_rows;
 pub mod safeeditbench;
+pub mod split;
 pub mod unsafebench;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +33,7 @@ use safeguard_core::{Policy, Verdict};
 use crate::error::EvalError;
 
 pub use detect::detect;
+pub use split::SplitChoice;
 
 /// Where an item's image is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,9 @@ pub struct Dataset {
     pub policies: BTreeMap<String, Policy>,
     /// Rows skipped as bad (empty under `strict`, where the first bad row is an error).
     pub skipped: Vec<BadRow>,
+    /// The split loaded (`test`, `train`, …), when the files are named by split and one was
+    /// chosen ([`LoadOptions::split`]) or the one file given is named by split.
+    pub split: Option<String>,
 }
 
 /// The dataset formats [`load`] reads.
@@ -165,6 +170,12 @@ pub struct LoadOptions {
     pub policy: Option<Policy>,
     /// Stop after this many usable items.
     pub limit: Option<usize>,
+    /// Which split of a directory to load ([`split`] tells a file's split from its name).
+    pub split: SplitChoice,
+    /// Where to look for images whose path, as written, does not exist (the authors'
+    /// absolute paths in LlavaGuard's JSON; the images of the hub's LlavaGuard CSV): such a
+    /// path is re-rooted on its longest suffix that is a file under this directory.
+    pub image_root: Option<PathBuf>,
 }
 
 /// Loads a dataset: a file, or a directory holding the format's files (parquet files,
@@ -197,6 +208,8 @@ pub(crate) struct Builder<'a> {
     multi_file: bool,
     /// Image bytes already seen, so that items showing one image share one allocation.
     images: HashSet<Arc<[u8]>>,
+    /// The split chosen, if any.
+    split: Option<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -209,6 +222,7 @@ impl<'a> Builder<'a> {
             skipped: Vec::new(),
             multi_file: false,
             images: HashSet::new(),
+            split: None,
         }
     }
 
@@ -219,6 +233,44 @@ impl<'a> Builder<'a> {
     /// Tells the builder how many files the dataset has.
     pub(crate) fn set_file_count(&mut self, files: usize) {
         self.multi_file = files > 1;
+    }
+
+    /// Keeps the files of the chosen split among `files` (found under `path`; a file given
+    /// directly is checked against a `--split` given explicitly) and records the split.
+    pub(crate) fn select_split(
+        &mut self,
+        path: &Path,
+        files: Vec<PathBuf>,
+    ) -> Result<Vec<PathBuf>, EvalError> {
+        let (files, split) = if path.is_dir() {
+            split::select(path, files, &self.opts.split)?
+        } else {
+            let own = split::check_file(path, &self.opts.split)?;
+            (files, own)
+        };
+        self.split = split;
+        Ok(files)
+    }
+
+    /// Resolves an image path written in `dataset_file` ([`resolve_image`]), falling back on
+    /// [`LoadOptions::image_root`]; a missing image is an error message.
+    pub(crate) fn resolve_image(
+        &self,
+        dataset_file: &Path,
+        image: &str,
+    ) -> Result<PathBuf, String> {
+        match resolve_image(dataset_file, image) {
+            Ok(path) => Ok(path),
+            Err(message) => match &self.opts.image_root {
+                Some(root) => reroot(root, Path::new(image.trim())).ok_or_else(|| {
+                    format!(
+                        "{message}, nor does any tail of it under --image-root {}",
+                        root.display()
+                    )
+                }),
+                None => Err(message),
+            },
+        }
     }
 
     /// True once `limit` items have been collected: loaders stop reading.
@@ -341,6 +393,7 @@ impl<'a> Builder<'a> {
             items: self.items,
             policies,
             skipped: self.skipped,
+            split: self.split,
         })
     }
 }
@@ -386,6 +439,25 @@ pub(crate) fn resolve_image(dataset_file: &Path, image: &str) -> Result<PathBuf,
     }
 }
 
+/// `path` re-rooted under `root` on its longest suffix that is a file there: for
+/// `/home/a/LlavaGuard/data/smid/x.jpg` and root `data/`, the first of `data/home/a/…`,
+/// `data/a/LlavaGuard/…`, …, `data/smid/x.jpg`, `data/x.jpg` that exists. Only the path's
+/// normal components count (no root, `.` or `..`); either separator is accepted.
+pub fn reroot(root: &Path, path: &Path) -> Option<PathBuf> {
+    let text = path.to_string_lossy().replace('\\', "/");
+    let parts: Vec<&str> = text
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+        .filter(|p| !(p.len() == 2 && p.ends_with(':')))
+        .collect();
+    (0..parts.len()).find_map(|start| {
+        let candidate = parts[start..]
+            .iter()
+            .fold(root.to_path_buf(), |acc, part| acc.join(part));
+        candidate.is_file().then_some(candidate)
+    })
+}
+
 /// The files directly in `dir` (not recursive) whose extension is one of `exts`, sorted.
 pub(crate) fn files_with_ext(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, EvalError> {
     let mut out = Vec::new();
@@ -406,12 +478,13 @@ pub(crate) fn has_ext(path: &Path, exts: &[&str]) -> bool {
         .is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// The one file with one of `exts` in `path` (a directory), or `path` itself when it is a
-/// file.
+/// The one file with one of `exts` in `path` (a directory; of the split chosen, when the
+/// files are named by split), or `path` itself when it is a file.
 pub(crate) fn single_file(
     path: &Path,
     exts: &[&str],
     format: DatasetFormat,
+    b: &mut Builder,
 ) -> Result<PathBuf, EvalError> {
     if !path.is_dir() {
         if !path.exists() {
@@ -420,22 +493,26 @@ pub(crate) fn single_file(
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
             ));
         }
+        b.select_split(path, vec![path.to_path_buf()])?;
         return Ok(path.to_path_buf());
     }
-    let files = files_with_ext(path, exts)?;
+    let all = files_with_ext(path, exts)?;
+    let files = b.select_split(path, all)?;
     match files.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(EvalError::NoDataFile {
             path: path.to_path_buf(),
             message: format!(
-                "no .{} file in this directory for a {format} dataset",
-                exts.join(" or .")
+                "no .{} file in this directory for a {format} dataset{}",
+                exts.join(" or ."),
+                subdirectories_hint(path)
             ),
         }),
         many => Err(EvalError::NoDataFile {
             path: path.to_path_buf(),
             message: format!(
-                "{} .{} files in this directory ({}); give the one to load",
+                "{} .{} files in this directory ({}); give the one to load, or name their \
+                 split with --split",
                 many.len(),
                 exts.join("/."),
                 many.iter()
@@ -444,5 +521,23 @@ pub(crate) fn single_file(
                     .join(", ")
             ),
         }),
+    }
+}
+
+/// "; its subdirectories: v22, v24" when `dir` has subdirectories (LlavaGuard-DS keeps one
+/// per version), else "".
+pub(crate) fn subdirectories_hint(dir: &Path) -> String {
+    let mut subdirs: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    subdirs.sort();
+    if subdirs.is_empty() {
+        String::new()
+    } else {
+        format!("; give one of its subdirectories: {}", subdirs.join(", "))
     }
 }

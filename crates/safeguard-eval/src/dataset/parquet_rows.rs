@@ -1,7 +1,10 @@
 //! Reading parquet rows with the parquet crate's record API (no arrow): file discovery,
-//! column checks and projection, and typed access to [`Field`] values with error messages
-//! that name what was found.
+//! column checks and projection, typed access to [`Field`] values with error messages
+//! that name what was found, and the `datasets` library's ClassLabel columns (int64 in
+//! parquet; their names only in the file's `huggingface` key-value metadata,
+//! `{"info": {"features": {COLUMN: {"_type": "ClassLabel", "names": [...]}}}}`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -54,16 +57,65 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), EvalError> {
 pub(crate) struct ParquetFile {
     pub(crate) path: PathBuf,
     reader: SerializedFileReader<File>,
+    /// ClassLabel columns → their names (index = stored integer).
+    class_labels: HashMap<String, Vec<String>>,
 }
 
 impl ParquetFile {
     pub(crate) fn open(path: &Path) -> Result<Self, EvalError> {
         let file = File::open(path).map_err(|e| EvalError::io(path, e))?;
         let reader = SerializedFileReader::new(file).map_err(|e| EvalError::parquet(path, e))?;
+        let hf = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == "huggingface"))
+            .and_then(|kv| kv.value.clone());
+        let class_labels = match hf {
+            Some(json) => class_labels(&json).map_err(|message| EvalError::NoDataFile {
+                path: path.to_path_buf(),
+                message: format!("the `huggingface` schema metadata: {message}"),
+            })?,
+            None => HashMap::new(),
+        };
         Ok(ParquetFile {
             path: path.to_path_buf(),
             reader,
+            class_labels,
         })
+    }
+
+    /// The names of a ClassLabel column (index = stored integer), when it is one.
+    pub(crate) fn class_names(&self, column: &str) -> Option<&[String]> {
+        self.class_labels.get(column).map(Vec::as_slice)
+    }
+
+    /// A string-like cell of `column` read through its ClassLabel names when it is a
+    /// ClassLabel stored as an integer; a stored string is taken as written. `Ok(None)` for
+    /// null or absent.
+    pub(crate) fn label_text(&self, row: &Row, column: &str) -> Result<Option<String>, String> {
+        let field = get(row, column);
+        if let (Some(names), Some(index)) = (self.class_names(column), field.and_then(as_i64)) {
+            return class_name(names, index).map(Some);
+        }
+        opt_string(field)
+    }
+
+    /// A label cell of `column` ([`verdict`]), read through its ClassLabel names when it has
+    /// them: the name at the stored index must be a verdict word (`safe`/`unsafe`, any case).
+    pub(crate) fn verdict(
+        &self,
+        row: &Row,
+        column: &str,
+        expected: &str,
+    ) -> Result<Verdict, String> {
+        let field = get(row, column);
+        if let (Some(names), Some(index)) = (self.class_names(column), field.and_then(as_i64)) {
+            let name = class_name(names, index)?;
+            return Verdict::from_label(&name)
+                .ok_or_else(|| format!("ClassLabel {index} is {name:?}, which is not {expected}"));
+        }
+        verdict(field, expected)
     }
 
     fn fields(&self) -> &[std::sync::Arc<Type>] {
@@ -137,6 +189,42 @@ impl ParquetFile {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| file_name(&self.path))
     }
+}
+
+/// The ClassLabel columns of a `huggingface` metadata JSON.
+fn class_labels(json: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let features = value.pointer("/info/features").and_then(|f| f.as_object());
+    let mut out = HashMap::new();
+    for (column, feature) in features.into_iter().flatten() {
+        if feature.get("_type").and_then(|t| t.as_str()) != Some("ClassLabel") {
+            continue;
+        }
+        let names = feature
+            .get("names")
+            .and_then(|n| n.as_array())
+            .and_then(|n| n.iter().map(|v| v.as_str().map(str::to_string)).collect())
+            .ok_or_else(|| format!("ClassLabel column `{column}` has no list of names"))?;
+        out.insert(column.clone(), names);
+    }
+    Ok(out)
+}
+
+/// The name of ClassLabel index `index`; -1 (the `datasets` library's "no label") and
+/// out-of-range indexes are error messages.
+fn class_name(names: &[String], index: i64) -> Result<String, String> {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| names.get(i))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "ClassLabel index {index} is not one of the column's {} names ({})",
+                names.len(),
+                names.join(", ")
+            )
+        })
 }
 
 /// The value of a top-level column in a row; `None` when the row lacks the column.

@@ -5,8 +5,14 @@
 //! | `image` | struct `{bytes: binary, path: string}` (or plain binary) | the encoded image |
 //! | `image_path` | string | the image's path in the benchmark (ids, pairs, category) |
 //! | `safety_label` | integer 0/1 (1 = unsafe); `safe`/`unsafe` strings accepted | the truth |
-//! | `policy_name` | string, `L1`…`L5` | the policy's name |
+//! | `policy_name` | string, `L1`…`L5` (`Policy L1` … accepted) | the policy's name |
 //! | `policy` | string | the policy text the label holds under |
+//!
+//! The hub's copy stores `safety_label` and `policy_name` as `datasets` ClassLabel columns:
+//! int64 in parquet, the names (`safe`/`unsafe`, `Policy L1` …) in the file's `huggingface`
+//! metadata. Those are read through their names, whichever form a file stores. A policy name
+//! `Policy L3` is the policy `L3` ([`policy_name`]). A directory with `train-*` and `test-*`
+//! files is read one split at a time ([`super::LoadOptions::split`]).
 //!
 //! Policies come from the rows (`Policy::from_text(policy_name, policy)`), not from our
 //! presets; rows of one `policy_name` must carry the same text (a row that differs is bad).
@@ -36,6 +42,7 @@ const COLUMNS: &[&str] = &[
 /// Loads SafeEditBench parquet data (a file, or a directory searched recursively).
 pub(crate) fn load(path: &Path, b: &mut Builder) -> Result<(), EvalError> {
     let files = parquet_rows::parquet_files(path)?;
+    let files = b.select_split(path, files)?;
     b.set_file_count(files.len());
     let mut texts = PolicyTexts::default();
     let mut paths: Vec<Option<String>> = Vec::new();
@@ -82,11 +89,15 @@ fn read_row(
     let file = pq.path.as_path();
     let err = |field: &str, message: String| EvalError::row(file, index, field, message);
 
-    let label = parquet_rows::verdict(get(row, "safety_label"), "0 (safe) or 1 (unsafe)")
+    let label = pq
+        .verdict(row, "safety_label", "0 (safe) or 1 (unsafe)")
         .map_err(|m| err("safety_label", m))?;
-    let policy_name =
-        parquet_rows::req_string(get(row, "policy_name")).map_err(|m| err("policy_name", m))?;
-    let policy_name = policy_name.trim().to_string();
+    let policy_name = match pq.label_text(row, "policy_name") {
+        Ok(Some(name)) if !name.trim().is_empty() => policy_name(&name),
+        Ok(Some(_)) => return Err(err("policy_name", "empty string".to_string())),
+        Ok(None) => return Err(err("policy_name", "missing value (null)".to_string())),
+        Err(m) => return Err(err("policy_name", m)),
+    };
     let text = parquet_rows::req_string(get(row, "policy")).map_err(|m| err("policy", m))?;
     let image_path =
         parquet_rows::opt_string(get(row, "image_path")).map_err(|m| err("image_path", m))?;
@@ -134,7 +145,7 @@ fn read_row(
             name: name.clone().or_else(|| image_path.clone()),
         },
         (None, Some(p), _) | (None, None, Some(p)) => {
-            ImageSource::File(super::resolve_image(file, p).map_err(|m| err("image", m))?)
+            ImageSource::File(b.resolve_image(file, p).map_err(|m| err("image", m))?)
         }
         (None, None, None) => {
             return Err(err(
@@ -160,4 +171,36 @@ fn read_row(
         source: info.and_then(|i| i.role.map(str::to_string)),
     };
     Ok((item, shown_path))
+}
+
+/// The policy name items use: `Policy L3`, `policy_L3`, ` L3 ` → `L3`; other names are
+/// kept as written (trimmed).
+pub fn policy_name(raw: &str) -> String {
+    let name = raw.trim();
+    let lower = name.to_ascii_lowercase();
+    match lower.strip_prefix("policy") {
+        Some(rest) if rest.starts_with([' ', '_', '-', ':']) => {
+            let rest = name[name.len() - rest.len()..].trim_start_matches([' ', '_', '-', ':']);
+            if rest.is_empty() {
+                name.to_string()
+            } else {
+                rest.to_string()
+            }
+        }
+        _ => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy_name;
+
+    #[test]
+    fn policy_prefixes_are_dropped() {
+        assert_eq!(policy_name("Policy L3"), "L3");
+        assert_eq!(policy_name("policy_L1"), "L1");
+        assert_eq!(policy_name(" L3 "), "L3");
+        assert_eq!(policy_name("Policy"), "Policy");
+        assert_eq!(policy_name("Policyholder"), "Policyholder");
+    }
 }

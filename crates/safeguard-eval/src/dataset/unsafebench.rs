@@ -2,10 +2,12 @@
 //! ([`super::LoadOptions::policy`], default the `openai` preset, as the paper did).
 //!
 //! Two layouts:
-//! - **parquet** (as on the hub; a file or a directory searched recursively): `image`
-//!   (struct `{bytes, path}` or binary; a null `bytes` reads `path` relative to the file),
-//!   `safety_label` (`Safe`/`Unsafe`, any case; 0/1 accepted), optional `category`,
-//!   `source`, `id`;
+//! - **parquet** (as on the hub, `data/train-*.parquet` and `data/test-*.parquet`, read one
+//!   split at a time: [`super::LoadOptions::split`]; a file or a directory searched
+//!   recursively): `image` (struct `{bytes, path}` or binary; a null `bytes` reads `path`
+//!   relative to the file), `safety_label` (`Safe`/`Unsafe`, any case; 0/1 accepted; a
+//!   ClassLabel column is read through its names), optional `category`, `source`, `id`. The
+//!   hub's `text` column (a caption) and any other column are not read;
 //! - **CSV + image folder**: a header row with `image` (path relative to the CSV),
 //!   `safety_label`, optional `category`, `source`, `id`.
 //!
@@ -33,7 +35,7 @@ pub(crate) fn load(path: &Path, b: &mut Builder) -> Result<(), EvalError> {
         .add_policy(policy)
         .expect("the first policy of a dataset has no name conflict");
     if is_csv(path)? {
-        let file = super::single_file(path, &["csv"], DatasetFormat::UnsafeBench)?;
+        let file = super::single_file(path, &["csv"], DatasetFormat::UnsafeBench, b)?;
         load_csv(&file, &policy_name, b)
     } else {
         load_parquet(path, &policy_name, b)
@@ -53,6 +55,7 @@ fn is_csv(path: &Path) -> Result<bool, EvalError> {
 
 fn load_parquet(path: &Path, policy: &str, b: &mut Builder) -> Result<(), EvalError> {
     let files = parquet_rows::parquet_files(path)?;
+    let files = b.select_split(path, files)?;
     b.set_file_count(files.len());
     for file in &files {
         let pq = ParquetFile::open(file)?;
@@ -65,7 +68,8 @@ fn load_parquet(path: &Path, policy: &str, b: &mut Builder) -> Result<(), EvalEr
             let row = row?;
             let err = |field: &str, message: String| EvalError::row(file, index, field, message);
             let item = (|| {
-                let label = parquet_rows::verdict(get(&row, "safety_label"), EXPECTED)
+                let label = pq
+                    .verdict(&row, "safety_label", EXPECTED)
                     .map_err(|m| err("safety_label", m))?;
                 let cell =
                     parquet_rows::image_cell(get(&row, "image")).map_err(|m| err("image", m))?;
@@ -74,9 +78,9 @@ fn load_parquet(path: &Path, policy: &str, b: &mut Builder) -> Result<(), EvalEr
                         bytes: b.intern_image(bytes),
                         name,
                     },
-                    (None, Some(p)) => ImageSource::File(
-                        super::resolve_image(file, &p).map_err(|m| err("image", m))?,
-                    ),
+                    (None, Some(p)) => {
+                        ImageSource::File(b.resolve_image(file, &p).map_err(|m| err("image", m))?)
+                    }
                     (None, None) => {
                         return Err(err("image", "no image bytes and no path".to_string()))
                     }
@@ -164,7 +168,9 @@ fn load_csv(file: &Path, policy: &str, b: &mut Builder) -> Result<(), EvalError>
             })?;
             let image_text =
                 cell(image_col).ok_or_else(|| err("image", "missing value".to_string()))?;
-            let image = super::resolve_image(file, image_text).map_err(|m| err("image", m))?;
+            let image = b
+                .resolve_image(file, image_text)
+                .map_err(|m| err("image", m))?;
             Ok(Item {
                 id: cell(id_col).unwrap_or(image_text).to_string(),
                 image: ImageSource::File(image),
