@@ -101,3 +101,47 @@ fn bad_input_exits_2_naming_line_and_field() {
     let err = fails(&["metrics", "/nonexistent/rows.csv"]);
     assert!(err.contains("/nonexistent/rows.csv"), "{err}");
 }
+
+#[test]
+fn unassessed_rows_of_an_eval_run_are_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    // As `safeguard eval` writes predictions.jsonl: `pred` null for an unassessed item, with
+    // `error` for a failed one.
+    let rows = "{\"id\":\"a\",\"policy\":\"L1\",\"label\":\"unsafe\",\"pred\":\"unsafe\",\"p_unsafe\":0.9}\n\
+                {\"id\":\"b\",\"policy\":\"L1\",\"label\":\"safe\",\"pred\":null,\"note\":\"unparsable\"}\n\
+                {\"id\":\"c\",\"policy\":\"L1\",\"label\":\"safe\",\"pred\":\"unsafe\"}\n\
+                {\"id\":\"d\",\"policy\":\"L2\",\"label\":\"safe\",\"pred\":null,\"error\":\"image: corrupt\"}\n";
+    let path = dir.path().join("predictions.jsonl");
+    std::fs::write(&path, rows).unwrap();
+    let path = path.to_str().unwrap();
+    let table = ok(&["metrics", path]);
+    assert!(
+        table.contains(
+            "not in the metrics: 2 of 4 rows have no verdict, pred null (1 unassessed, 1 failed)"
+        ),
+        "{table}"
+    );
+    assert!(!table.contains("\nL2 "), "L2 has no assessed row: {table}");
+    let json: Value = serde_json::from_str(&ok(&["metrics", path, "--json"])).unwrap();
+    assert_eq!(json["assessed"], 2);
+    assert_eq!(json["unassessed"], 1);
+    assert_eq!(json["errors"], 1);
+    assert_eq!(json["pooled"]["n"], 2);
+
+    let none = dir.path().join("none.jsonl");
+    std::fs::write(
+        &none,
+        "{\"id\":\"b\",\"policy\":\"L1\",\"label\":\"safe\",\"pred\":null}\n",
+    )
+    .unwrap();
+    let none = none.to_str().unwrap();
+    let out = ok(&["metrics", none, "--bootstrap", "10"]);
+    assert!(
+        out.contains("no item was assessed: none of the 1 rows has a verdict (1 unassessed, 0 failed); no metrics"),
+        "{out}"
+    );
+    assert!(!out.contains("macro score"), "{out}");
+    let json: Value = serde_json::from_str(&ok(&["metrics", none, "--json"])).unwrap();
+    assert!(json["macro"].is_null(), "{json}");
+    assert_eq!(json["assessed"], 0);
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use safeguard_eval::dataset::{self, DatasetFormat, LoadOptions};
+use safeguard_eval::dataset::{self, DatasetFormat, LoadOptions, SplitChoice};
 use safeguard_eval::runner::{self, RunConfig};
 
 use super::backend::{self, BackendArgs, JudgeArgs};
@@ -32,6 +32,15 @@ pub struct EvalArgs {
     /// Continue a killed run in --out (skips the items already judged).
     #[arg(long)]
     resume: bool,
+    /// The split to judge, for a directory whose files are named by split (hub shards
+    /// `test-00000-of-00001.parquet`, LlavaGuard's `test.json`, `train_oversampled.json`, …)
+    /// [default: test, when the files are named by split; otherwise all files].
+    #[arg(long, env = "SAFEGUARD_SPLIT")]
+    split: Option<String>,
+    /// Where to find images whose path in the dataset does not exist (LlavaGuard's absolute
+    /// paths; the images of the hub's LlavaGuard CSV): the path's longest suffix under DIR.
+    #[arg(long, value_name = "DIR", env = "SAFEGUARD_IMAGE_ROOT")]
+    image_root: Option<PathBuf>,
     /// Make the first bad dataset row an error instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -66,6 +75,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             strict: args.strict,
             policy,
             limit: args.limit,
+            split: match args.split.clone() {
+                Some(name) => SplitChoice::Named(name),
+                None => SplitChoice::Preferred("test".to_string()),
+            },
+            image_root: args.image_root.clone(),
         },
     )?;
     for bad in &data.skipped {
@@ -90,9 +104,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         bail!("{}: no item to judge", path.display());
     }
     eprintln!(
-        "dataset: {} ({}, {} items, policies {}{})",
+        "dataset: {} ({}{}, {} items, policies {}{})",
         data.name,
         data.format,
+        data.split
+            .as_deref()
+            .map(|s| format!(", split {s}"))
+            .unwrap_or_default(),
         data.items.len(),
         data.policies.keys().cloned().collect::<Vec<_>>().join(", "),
         if data.skipped.is_empty() {
@@ -132,23 +150,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    println!("policy      n      F1     acc    score");
-    for (name, m) in &s.metrics.per_policy {
-        println!(
-            "{name:<8} {:>5}  {:.3}  {:.3}  {:.3}",
-            m.n, m.f1, m.accuracy, m.score
-        );
+    if !s.metrics.is_empty() {
+        println!("policy      n      F1     acc    score");
+        for (name, m) in &s.metrics.per_policy {
+            println!(
+                "{name:<8} {:>5}  {:.3}  {:.3}  {:.3}",
+                m.n, m.f1, m.accuracy, m.score
+            );
+        }
     }
-    println!(
-        "macro score {:.3}; pooled F1 {:.3}, accuracy {:.3}; pairs {}/{}; unassessed {}, errors {}",
-        s.metrics.macro_score,
-        s.metrics.pooled.f1,
-        s.metrics.pooled.accuracy,
-        s.pairs.both_correct,
-        s.pairs.n,
-        s.unassessed,
-        s.errors
-    );
+    println!("{}", s.score_line());
     println!("wrote {}", args.out.display());
     Ok(if s.errors > 0 {
         ExitCode::from(2)

@@ -30,9 +30,11 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<ExitCode> {
     if !(args.level > 0.0 && args.level < 1.0) {
         anyhow::bail!("--level must be between 0 and 1 (got {})", args.level);
     }
-    let rows = predictions::read_file(&args.predictions)?;
-    let mut report = metrics::compute(&rows);
-    if let Some(resamples) = args.bootstrap {
+    let file = predictions::read_file_all(&args.predictions)?;
+    let rows = &file.rows;
+    let unassessed = Unassessed::of(&file.unassessed);
+    let mut report = metrics::compute(rows);
+    if let (Some(resamples), false) = (args.bootstrap, report.is_empty()) {
         if resamples == 0 {
             anyhow::bail!("--bootstrap needs at least one resample");
         }
@@ -41,14 +43,64 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<ExitCode> {
             seed: args.seed,
             level: args.level,
         };
-        report.bootstrap = Some(metrics::bootstrap(&rows, &options));
+        report.bootstrap = Some(metrics::bootstrap(rows, &options));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            if report.is_empty() {
+                object.insert("macro".to_string(), serde_json::Value::Null);
+            }
+            // The same counts, under the same names, as the run's summary.json.
+            object.insert("assessed".to_string(), rows.len().into());
+            object.insert("unassessed".to_string(), unassessed.unassessed.into());
+            object.insert("errors".to_string(), unassessed.errors.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if report.is_empty() {
+        println!(
+            "no item was assessed: none of the {} rows has a verdict ({}); no metrics",
+            unassessed.total(),
+            unassessed.breakdown()
+        );
     } else {
         print!("{}", table(&report));
+        if unassessed.total() > 0 {
+            println!(
+                "not in the metrics: {} of {} rows have no verdict, pred null ({})",
+                unassessed.total(),
+                unassessed.total() + rows.len(),
+                unassessed.breakdown()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows without a verdict, counted apart from the metrics as in summary.json.
+struct Unassessed {
+    /// Rows the guard gave no verdict for.
+    unassessed: usize,
+    /// Rows with an `error` (the item failed).
+    errors: usize,
+}
+
+impl Unassessed {
+    fn of(rows: &[predictions::Unassessed]) -> Self {
+        let errors = rows.iter().filter(|r| r.error.is_some()).count();
+        Unassessed {
+            unassessed: rows.len() - errors,
+            errors,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.unassessed + self.errors
+    }
+
+    fn breakdown(&self) -> String {
+        format!("{} unassessed, {} failed", self.unassessed, self.errors)
+    }
 }
 
 fn pct(x: f64) -> String {
