@@ -222,6 +222,22 @@ fn llavaguard_every_builder_file_is_a_split() {
         labels(&train)[2],
         ("smid_0001_v3_a", "llavaguard+O1-allowed", Verdict::Unsafe)
     );
+    // The parent LlavaGuard-DS/ (one directory per version) names the versions.
+    let parent = fixture("llavaguard/LlavaGuard-DS");
+    let message = detect(&parent).unwrap_err().to_string();
+    assert!(
+        message.contains("give one of its subdirectories: v24"),
+        "{message}"
+    );
+    let opts = LoadOptions {
+        format: Some(DatasetFormat::LlavaGuard),
+        ..with_root("test")
+    };
+    let message = load(&parent, &opts).unwrap_err().to_string();
+    assert!(
+        message.contains("give one of its subdirectories: v24"),
+        "{message}"
+    );
     // A directory of several files needs a split under SplitChoice::All.
     let message = load(&root, &LoadOptions::default())
         .unwrap_err()

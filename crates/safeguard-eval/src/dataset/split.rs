@@ -92,6 +92,10 @@ pub(crate) fn select(
     let Some(wanted) = choice.name() else {
         return Ok((files, None));
     };
+    if files.is_empty() {
+        // Nothing to choose from: the caller says what is missing.
+        return Ok((files, None));
+    }
     let mut by_split: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut unnamed = Vec::new();
     for file in files {
