@@ -19,8 +19,67 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes joined by `: `, each said once: many errors print their cause in
+/// their own message too (`line 1: … expected a string` wrapping `expected a string`), and
+/// anyhow's `{:#}` would repeat it. A cause whose text the chain already holds is left out.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    #[derive(Debug)]
+    struct Leaf;
+    impl fmt::Display for Leaf {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("expected a string")
+        }
+    }
+    impl std::error::Error for Leaf {}
+
+    /// An error that prints its cause and also returns it as its source.
+    #[derive(Debug)]
+    struct Wrapper(Leaf);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "line 1: field \"pred\": {}", self.0)
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let err = anyhow::Error::new(Wrapper(Leaf)).context("reading predictions.jsonl");
+        assert!(format!("{err:#}").matches("expected a string").count() == 2);
+        assert_eq!(
+            super::error_chain(&err),
+            "reading predictions.jsonl: line 1: field \"pred\": expected a string"
+        );
+        // Causes that add something are all kept.
+        let err = anyhow::anyhow!("disk full").context("writing run.json");
+        assert_eq!(super::error_chain(&err), "writing run.json: disk full");
     }
 }

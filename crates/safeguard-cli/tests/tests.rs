@@ -1,6 +1,7 @@
 //! Integration tests for the `safeguard` binary.
 
 mod bench_cmd;
+mod big_photo;
 mod check_cmd;
 mod cli_common;
 mod eval_cmd;

@@ -136,6 +136,18 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A backend produced a number that is not finite (a NaN or infinite logit, score or rule
+    /// score: overflow in low precision, a corrupt weight). The image is not judged; such a
+    /// number never becomes a verdict, least of all *safe*.
+    #[error("{backend} backend: {what} is not finite ({value}); the image cannot be judged (overflow or a corrupt weight; try --dtype f32)")]
+    NonFinite {
+        /// The backend's name.
+        backend: String,
+        /// Which number (e.g. `p_unsafe`, `score of rule O3`, `logit of token 151645`).
+        what: String,
+        /// The number as printed (`NaN`, `inf`, `-inf`).
+        value: String,
+    },
     /// A remote (OpenAI-compatible) endpoint failed, or answered something that cannot be
     /// used. Never carries a credential.
     #[error("remote endpoint {endpoint}: {reason}")]

@@ -133,6 +133,43 @@ pub trait Guard: Send + Sync {
     fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>>;
 }
 
+/// Turns a judgement that carries a non-finite or out-of-range number (`p_unsafe`, a rule
+/// score) into [`Error::NonFinite`]: a NaN compares false with every threshold, so left alone
+/// it would read as *safe*. Errors pass through.
+pub fn check_finite(result: Result<Judgement, Error>) -> Result<Judgement, Error> {
+    let judgement = result?;
+    let bad = |what: String, value: f64| Error::NonFinite {
+        backend: judgement.backend.clone(),
+        what,
+        value: value.to_string(),
+    };
+    if let Some(p) = judgement.p_unsafe {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(bad("p_unsafe".into(), p));
+        }
+    }
+    for rule in &judgement.rules {
+        if let Some(score) = rule.score.filter(|s| !(0.0..=1.0).contains(s)) {
+            return Err(bad(format!("the score of rule {}", rule.id), score));
+        }
+    }
+    Ok(judgement)
+}
+
+/// [`Guard::judge`] with every result passed through [`check_finite`]: what every caller
+/// (CLI, evaluation, server) uses, so that no backend, however it computes its numbers, can
+/// turn a NaN into a verdict.
+pub fn judge_checked<G: Guard + ?Sized>(
+    guard: &G,
+    requests: &[GuardRequest<'_>],
+) -> Vec<Result<Judgement, Error>> {
+    guard
+        .judge(requests)
+        .into_iter()
+        .map(check_finite)
+        .collect()
+}
+
 /// Whether a rule is about sexual content or nudity, judging by its id, title and
 /// description. Rules about minors are excluded: no image classifier can tell age reliably.
 pub fn is_nudity_rule(id: &str, title: &str, description: &str) -> bool {
@@ -193,6 +230,43 @@ pub fn apply_on_unparsable(
 mod tests {
     use super::*;
     use crate::verdict::NoVerdict;
+
+    fn judgement(p: Option<f64>, rule_score: Option<f64>) -> Judgement {
+        Judgement {
+            verdict: Assessment::Safe,
+            p_unsafe: p,
+            rules_hit: Vec::new(),
+            rules: vec![RuleResult {
+                id: "O1".into(),
+                stance: Stance::Prohibited,
+                status: RuleStatus::Clear,
+                score: rule_score,
+            }],
+            rationale: None,
+            raw_output: None,
+            note: None,
+            backend: "test".into(),
+            latency_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn non_finite_numbers_never_pass_as_a_verdict() {
+        assert!(check_finite(Ok(judgement(Some(0.2), Some(0.1)))).is_ok());
+        assert!(check_finite(Ok(judgement(None, None))).is_ok());
+        for (p, s) in [
+            (Some(f64::NAN), Some(0.1)),
+            (Some(f64::INFINITY), None),
+            (Some(1.5), None),
+            (Some(0.1), Some(f64::NAN)),
+            (Some(0.1), Some(f64::NEG_INFINITY)),
+        ] {
+            match check_finite(Ok(judgement(p, s))) {
+                Err(Error::NonFinite { backend, .. }) => assert_eq!(backend, "test"),
+                other => panic!("{p:?}/{s:?} gave {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn unparsable_output_falls_back_only_when_asked() {

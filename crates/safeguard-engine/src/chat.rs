@@ -6,7 +6,7 @@
 //! The prompt is [`render_chat`] of the messages with every image part expanded to its
 //! `<|image_pad|>` tokens, tokenized as one text, exactly as the Python processor builds it
 //! ([`LocalGuard::prepare_chat`] exposes it). Images go through the guard's own decode limits and
-//! preprocessing ([`decode_and_preprocess`]) and the vision tower, one image at a time.
+//! preprocessing (and image-token budget) and the vision tower, one image at a time.
 //!
 //! Generation stops at `<|im_end|>`/`<|endoftext|>` (not part of the text), at the first
 //! occurrence of a stop string in the decoded text (cut before it), or after `max_tokens` new
@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
-use safeguard_vision::{decode_and_preprocess, VisionError};
+use safeguard_vision::VisionError;
 
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{check_logits, Sampler, SamplingParams, TokenHistory};
 pub use crate::tokenizer::Role;
 use crate::tokenizer::{render_chat, Message, Part, IMAGE_PAD, VISION_END, VISION_START};
 use crate::{EngineError, LocalGuard};
@@ -84,10 +84,20 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Most new tokens (the stop token included).
     pub max_tokens: usize,
-    /// 0 = greedy; otherwise logits are divided by it (≥ 0, finite).
-    pub temperature: f64,
-    /// Nucleus sampling mass, in (0, 1] (1 = off).
-    pub top_p: f64,
+    /// 0 = greedy; otherwise logits are divided by it (≥ 0, finite). `None`: the checkpoint's
+    /// `generation_config.json` value, else 1 (as vLLM).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass, in (0, 1] (1 = off). `None`: generation_config's, else 1.
+    pub top_p: Option<f64>,
+    /// Keep the `k` most likely tokens (0 = off). `None`: generation_config's, else off.
+    pub top_k: Option<usize>,
+    /// HF's repetition penalty (> 0, 1 = off), over prompt and answer. `None`:
+    /// generation_config's, else off.
+    pub repetition_penalty: Option<f64>,
+    /// OpenAI's frequency penalty in [-2, 2], over the answer's tokens (0 = off).
+    pub frequency_penalty: f64,
+    /// OpenAI's presence penalty in [-2, 2], over the answer's tokens (0 = off).
+    pub presence_penalty: f64,
     /// RNG seed: the same seed and request give the same answer.
     pub seed: u64,
     /// Stop strings (at most [`MAX_STOP_STRINGS`], none empty): the answer ends before the
@@ -103,8 +113,12 @@ impl Default for ChatRequest {
         Self {
             messages: Vec::new(),
             max_tokens: 256,
-            temperature: 0.0,
-            top_p: 1.0,
+            temperature: Some(0.0),
+            top_p: None,
+            top_k: None,
+            repetition_penalty: None,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
             stop: Vec::new(),
             logprobs: None,
@@ -243,11 +257,25 @@ fn validate(req: &ChatRequest) -> Result<(), ChatError> {
     if req.messages.is_empty() {
         return invalid("no messages: give at least one".into());
     }
-    if !(req.temperature.is_finite() && req.temperature >= 0.0) {
-        return invalid(format!("temperature {} must be ≥ 0", req.temperature));
+    if let Some(t) = req.temperature.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+        return invalid(format!("temperature {t} must be ≥ 0"));
     }
-    if !(req.top_p > 0.0 && req.top_p <= 1.0) {
-        return invalid(format!("top_p {} must be in (0, 1]", req.top_p));
+    if let Some(p) = req.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return invalid(format!("top_p {p} must be in (0, 1]"));
+    }
+    if let Some(r) = req
+        .repetition_penalty
+        .filter(|r| !(r.is_finite() && *r > 0.0))
+    {
+        return invalid(format!("repetition_penalty {r} must be > 0"));
+    }
+    for (name, v) in [
+        ("frequency_penalty", req.frequency_penalty),
+        ("presence_penalty", req.presence_penalty),
+    ] {
+        if !(-2.0..=2.0).contains(&v) {
+            return invalid(format!("{name} {v} must be in [-2, 2]"));
+        }
     }
     if req.stop.len() > MAX_STOP_STRINGS {
         return invalid(format!(
@@ -296,7 +324,8 @@ impl LocalGuard {
                     ChatPart::Text(text) => parts.push(Part::Text(text.clone())),
                     ChatPart::Image(bytes) => {
                         let index = grids.len();
-                        let pre = decode_and_preprocess(bytes, self.decode_limits(), preprocess)
+                        let pre = self
+                            .preprocess_image(bytes)
                             .map_err(|source| ChatError::Image { index, source })?;
                         let dim = preprocess.patch_dim();
                         let rows = pre.pixel_values.len() / dim;
@@ -370,16 +399,23 @@ impl LocalGuard {
         mut on_delta: impl FnMut(ChatDelta<'_>),
     ) -> Result<ChatOutput, ChatError> {
         validate(req)?;
-        let special = self.tokenizer().special();
-        let stop_ids = [special.im_end, special.endoftext];
+        let stop_ids = self.stop_tokens();
+        let defaults = self.generation_config();
         let mut sampler = Sampler::new(SamplingParams {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: 0,
+            temperature: req.temperature.or(defaults.temperature).unwrap_or(1.0),
+            top_p: req.top_p.or(defaults.top_p).unwrap_or(1.0),
+            top_k: req.top_k.or(defaults.top_k).unwrap_or(0),
             max_new_tokens: req.max_tokens,
-            stop_tokens: stop_ids.to_vec(),
+            stop_tokens: stop_ids.clone(),
             seed: req.seed,
+            repetition_penalty: req
+                .repetition_penalty
+                .or(defaults.repetition_penalty)
+                .unwrap_or(1.0),
+            frequency_penalty: req.frequency_penalty,
+            presence_penalty: req.presence_penalty,
         })?;
+        let mut history = TokenHistory::new(&prepared.input_ids);
         let mut out = ChatOutput {
             text: String::new(),
             completion_ids: Vec::new(),
@@ -415,7 +451,11 @@ impl LocalGuard {
         };
         loop {
             let row = logits.to_vec1::<f32>()?;
-            let chosen = sampler.sample(&row)?;
+            check_logits(&row)?;
+            let mut penalized = row.clone();
+            sampler.penalize(&mut penalized, &history);
+            let chosen = sampler.sample(&penalized)?;
+            history.push(chosen.token);
             out.completion_ids.push(chosen.token);
             if stop_ids.contains(&chosen.token) {
                 out.finish_reason = FinishReason::Stop;
@@ -655,11 +695,19 @@ mod tests {
         for bad in [
             ChatRequest::default(),
             ChatRequest {
-                temperature: f64::NAN,
+                temperature: Some(f64::NAN),
                 ..ok.clone()
             },
             ChatRequest {
-                top_p: 0.0,
+                top_p: Some(0.0),
+                ..ok.clone()
+            },
+            ChatRequest {
+                repetition_penalty: Some(0.0),
+                ..ok.clone()
+            },
+            ChatRequest {
+                presence_penalty: -3.0,
                 ..ok.clone()
             },
             ChatRequest {

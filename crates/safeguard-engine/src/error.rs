@@ -66,6 +66,15 @@ pub enum EngineError {
     /// The dynamic batcher refused or lost a job (queue full, shut down, a failed batch).
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::SchedulerError),
+    /// The model produced a NaN or infinite logit (overflow in low precision, a corrupt
+    /// weight). Never turned into a token or a verdict.
+    #[error("{what} is not finite ({value})")]
+    NonFinite {
+        /// Which number, e.g. `logit of token 38157`.
+        what: String,
+        /// The number as printed.
+        value: String,
+    },
     /// A caller-supplied value is invalid (dtype name, sampling parameter, prompt).
     #[error("invalid input: {reason}")]
     Input {

@@ -19,8 +19,12 @@ const REQUIRED: &[&str] = &["config.json"];
 const OPTIONAL: &[&str] = &[
     "tokenizer.json",
     "preprocessor_config.json",
+    // transformers v5 saves the image-processor settings here instead.
+    "processor_config.json",
     "generation_config.json",
     "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
 ];
 
 /// Where [`resolve_model`] may look.

@@ -6,6 +6,7 @@
 //! - [`weights`]: `config.json`, memory-mapped safetensors (single file or sharded with an
 //!   index), dtype chosen at load time, PEFT LoRA merged at load ([`weights::load_model`]).
 //! - [`tokenizer`]: `tokenizer.json`, the chat template, image-placeholder expansion.
+//! - [`generation`]: `generation_config.json` (stop ids, sampling defaults).
 //! - [`sampling`]: greedy/temperature/top-k/top-p decoding with stop tokens and log-probs,
 //!   [`sampling::generate`], and verdict scoring ([`sampling::p_unsafe`]).
 //! - [`scheduler`]: a dynamic batcher ([`scheduler::Batcher`]): concurrent callers' jobs run
@@ -19,6 +20,7 @@
 //! The `cuda` feature builds candle with CUDA (needs nvcc; off by default).
 
 pub mod chat;
+pub mod generation;
 pub mod hub;
 pub mod local;
 pub mod prefix_cache;

@@ -32,8 +32,12 @@ use safeguard_core::policy::{Policy, Rule, Stance};
 use safeguard_core::prompt::{self, Format, PromptSpec};
 use safeguard_core::{Assessment, Error};
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
-use safeguard_vision::{decode_and_preprocess, DecodeLimits, PreprocessConfig, Preprocessed};
+use safeguard_vision::{
+    decode_and_preprocess_within, ConfigSource, DecodeLimits, PreprocessConfig, Preprocessed,
+    PREPROCESSOR_CONFIG, PROCESSOR_CONFIG,
+};
 
+use crate::generation::GenerationConfig;
 use crate::prefix_cache::{PrefixCache, PrefixCacheStats};
 use crate::sampling::{generate_with, log_softmax, SamplingParams};
 use crate::tokenizer::QwenTokenizer;
@@ -60,6 +64,12 @@ pub struct LocalGuardOptions {
     pub rules: bool,
     /// Token budget of reason mode.
     pub max_new_tokens: usize,
+    /// Most LLM tokens one image may take (after `smart_resize`); a larger image is refused
+    /// with an error naming its size. `None`: only `max_pixels` bounds it (16384 tokens under
+    /// the released checkpoints' 12 845 056 pixels).
+    pub max_image_tokens: Option<usize>,
+    /// How attention is computed (eager or tiled; `Auto` tiles large inputs).
+    pub attention: safeguard_model::layers::AttentionMode,
 }
 
 impl Default for LocalGuardOptions {
@@ -72,6 +82,8 @@ impl Default for LocalGuardOptions {
             prefix_cache_bytes: 1 << 30,
             rules: true,
             max_new_tokens: 512,
+            max_image_tokens: None,
+            attention: safeguard_model::layers::AttentionMode::Auto,
         }
     }
 }
@@ -93,6 +105,8 @@ pub struct LocalGuard {
     opts: LocalGuardOptions,
     answers: AnswerTokens,
     cache: Mutex<PrefixCache>,
+    notices: Vec<String>,
+    generation: GenerationConfig,
 }
 
 /// A score-mode request ready to run.
@@ -118,22 +132,63 @@ fn backend_error(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// An engine error as the guard reports it: a non-finite number keeps its own kind (so that
+/// callers can tell it from other failures), everything else is a backend error.
+fn engine_error(e: EngineError) -> Error {
+    match e {
+        EngineError::NonFinite { what, value } => Error::NonFinite {
+            backend: NAME.to_string(),
+            what,
+            value,
+        },
+        other => backend_error(other),
+    }
+}
+
 impl LocalGuard {
-    /// Loads the model, `tokenizer.json` and `preprocessor_config.json` of `dir`.
+    /// Loads the model, `tokenizer.json` and the image-processor settings of `dir`
+    /// (`preprocessor_config.json`, or `processor_config.json` as transformers v5 writes it).
     pub fn load(dir: &Path, opts: LocalGuardOptions) -> Result<Self, EngineError> {
         let loaded = load_model(dir, &opts.load)?;
         let tokenizer = QwenTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let preprocess = PreprocessConfig::from_model_dir(dir).map_err(|e| EngineError::Input {
-            reason: format!("preprocessor config of {}: {e}", dir.display()),
-        })?;
-        Self::from_parts(loaded, tokenizer, preprocess, opts)
+        let (preprocess, source) =
+            PreprocessConfig::from_model_dir_with_source(dir).map_err(|e| EngineError::Input {
+                reason: format!("preprocessor config of {}: {e}", dir.display()),
+            })?;
+        let generation = GenerationConfig::from_model_dir(dir)?;
+        let mut guard = Self::from_parts(loaded, tokenizer, preprocess, opts)?;
+        guard.generation = generation;
+        if source == ConfigSource::Defaults {
+            let p = &guard.preprocess;
+            guard.notices.push(format!(
+                "{} has neither {PREPROCESSOR_CONFIG} nor {PROCESSOR_CONFIG}: images are resized \
+                 within min_pixels {} and max_pixels {} (the image processor's defaults{}); the \
+                 released Qwen2.5-VL checkpoints use max_pixels 12845056, set --max-pixels to match \
+                 the model's training",
+                dir.display(),
+                p.min_pixels,
+                p.max_pixels,
+                if guard.opts.min_pixels.is_some() || guard.opts.max_pixels.is_some() {
+                    ", as overridden by --min-pixels/--max-pixels"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// What the user should know about how the model runs (settings that fell back to
+    /// defaults, dtypes changed for safety); the CLI prints them as warnings.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
     }
 
     /// A guard from an already built model (e.g. random weights of a named shape for
     /// `safeguard bench`), its tokenizer and preprocessor config; `opts.load` is only used
     /// for its device. The pixel-bound overrides of `opts` are applied to `preprocess`.
     pub fn from_parts(
-        loaded: LoadedModel,
+        mut loaded: LoadedModel,
         tokenizer: QwenTokenizer,
         mut preprocess: PreprocessConfig,
         opts: LocalGuardOptions,
@@ -157,6 +212,7 @@ impl LocalGuard {
                 ),
             });
         }
+        loaded.model.set_attention_mode(opts.attention);
         let special = tokenizer.special();
         let answers = AnswerTokens {
             safe: tokenizer.answer_token("safe")?,
@@ -164,6 +220,17 @@ impl LocalGuard {
             stop: [special.im_end, special.endoftext],
         };
         let cache = Mutex::new(PrefixCache::new(opts.prefix_cache_bytes));
+        let mut notices = Vec::new();
+        let model = &loaded.model;
+        if model.vision_dtype() != model.dtype() {
+            notices.push(format!(
+                "the vision tower runs in {:?}, not {:?}: Qwen2.5-VL's vision tower overflows \
+                 float16 on real weights (its image embeddings would be NaN); the decoder stays {:?}",
+                model.vision_dtype(),
+                model.dtype(),
+                model.dtype()
+            ));
+        }
         Ok(Self {
             loaded,
             tokenizer,
@@ -171,6 +238,8 @@ impl LocalGuard {
             opts,
             answers,
             cache,
+            notices,
+            generation: GenerationConfig::default(),
         })
     }
 
@@ -231,10 +300,11 @@ impl LocalGuard {
     }
 
     fn image(&self, bytes: &[u8]) -> Result<ImageInput, Error> {
-        let pre: Preprocessed = decode_and_preprocess(bytes, &self.opts.limits, &self.preprocess)
+        let pre = self
+            .preprocess_image(bytes)
             .map_err(|e| Error::InvalidImage {
-            message: e.to_string(),
-        })?;
+                message: e.to_string(),
+            })?;
         let dim = self.preprocess.patch_dim();
         let rows = pre.pixel_values.len() / dim;
         let device = &self.opts.load.device;
@@ -310,12 +380,15 @@ impl LocalGuard {
     /// P(unsafe) of each row of last-position logits `[rows, vocab]`.
     fn p_unsafe_rows(&self, logits: &Tensor) -> Result<Vec<f64>, Error> {
         (0..logits.dim(0).map_err(backend_error)?)
-            .map(|i| {
-                let row = logits.get(i).map_err(backend_error)?;
-                crate::sampling::p_unsafe(&row, self.answers.unsafe_, self.answers.safe)
-                    .map_err(backend_error)
-            })
+            .map(|i| self.p_unsafe_row(logits, i))
             .collect()
+    }
+
+    /// P(unsafe) of row `i` of last-position logits `[rows, vocab]`.
+    fn p_unsafe_row(&self, logits: &Tensor, i: usize) -> Result<f64, Error> {
+        let row = logits.get(i).map_err(backend_error)?;
+        crate::sampling::p_unsafe(&row, self.answers.unsafe_, self.answers.safe)
+            .map_err(engine_error)
     }
 
     /// P(unsafe) of each row `base` + suffix, all rows continuing from `kv` (the keys/values
@@ -395,19 +468,20 @@ impl LocalGuard {
                     image_embeds: Some(&r.image.embeds),
                 })
                 .collect();
-            let scores = self
+            let logits = self
                 .loaded
                 .model
                 .forward_last_batch(&rows, &group[0].kv)
-                .map_err(backend_error)
-                .and_then(|logits| self.p_unsafe_rows(&logits));
+                .map_err(backend_error);
             for (k, r) in group.iter().enumerate() {
-                out[r.index] = Some(match &scores {
-                    Ok(scores) => {
-                        Ok(self.score_judgement(requests[r.index], scores[k], &[], &[], start))
-                    }
+                // Scored row by row: a non-finite score fails its own image only.
+                let score = match &logits {
+                    Ok(logits) => self.p_unsafe_row(logits, k),
                     Err(e) => Err(backend_error(e)),
-                });
+                };
+                out[r.index] = Some(
+                    score.map(|p| self.score_judgement(requests[r.index], p, &[], &[], start)),
+                );
             }
         }
         out.into_iter()
@@ -525,10 +599,12 @@ impl LocalGuard {
             grids: &grids,
             image_embeds: Some(&image.embeds),
         };
+        // generate()'s decoding under the checkpoint's generation_config.json (greedy with its
+        // repetition penalty for the released models); the seed makes sampling repeatable.
         let params = SamplingParams {
             max_new_tokens: self.opts.max_new_tokens,
-            stop_tokens: self.answers.stop.to_vec(),
-            ..SamplingParams::default()
+            stop_tokens: self.stop_tokens(),
+            ..self.generation.generate_defaults()
         };
         let mut scorer = AnswerScorer::new(&self.tokenizer, format);
         let generation = generate_with(
@@ -538,7 +614,7 @@ impl LocalGuard {
             prefix_kv,
             |logits, chosen| scorer.step(logits, chosen.token),
         )
-        .map_err(backend_error)?;
+        .map_err(engine_error)?;
         let text = self
             .tokenizer
             .decode(&generation.tokens, true)
@@ -596,6 +672,37 @@ impl LocalGuard {
         Ok(judgement)
     }
 
+    /// Decodes and preprocesses one untrusted image under the guard's decode limits, pixel
+    /// bounds and image-token budget.
+    pub(crate) fn preprocess_image(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Preprocessed, safeguard_vision::VisionError> {
+        decode_and_preprocess_within(
+            bytes,
+            &self.opts.limits,
+            &self.preprocess,
+            self.opts.max_image_tokens,
+        )
+    }
+
+    /// The checkpoint's `generation_config.json` (defaults when it has none).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// Tokens that end generation: the chat template's `<|im_end|>` and `<|endoftext|>`, and
+    /// the `eos_token_id`s of `generation_config.json`.
+    pub(crate) fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop = self.answers.stop.to_vec();
+        for &id in &self.generation.eos_token_id {
+            if !stop.contains(&id) {
+                stop.push(id);
+            }
+        }
+        stop
+    }
+
     /// The model, for [`crate::chat`].
     pub(crate) fn model(&self) -> &safeguard_model::qwen2_5_vl::Qwen2_5VlModel {
         &self.loaded.model
@@ -604,11 +711,6 @@ impl LocalGuard {
     /// The image preprocessing (pixel bounds already overridden), for [`crate::chat`].
     pub(crate) fn preprocess_config(&self) -> &PreprocessConfig {
         &self.preprocess
-    }
-
-    /// The limits on untrusted image input, for [`crate::chat`].
-    pub(crate) fn decode_limits(&self) -> &DecodeLimits {
-        &self.opts.limits
     }
 
     /// The device the model runs on, for [`crate::chat`].
@@ -777,6 +879,7 @@ impl Guard for LocalGuard {
                     self.judge_generate(r)
                 }
             })
+            .map(safeguard_core::guard::check_finite)
             .collect()
     }
 }

@@ -184,8 +184,8 @@ fn seeded_sampling_repeats_and_text_only_chats_run() {
     let req = ChatRequest {
         messages: vec![ChatMessage::text(Role::User, "Describe a red square.")],
         max_tokens: 12,
-        temperature: 1.3,
-        top_p: 0.95,
+        temperature: Some(1.3),
+        top_p: Some(0.95),
         seed: 42,
         ..Default::default()
     };

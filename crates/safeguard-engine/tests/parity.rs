@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use safeguard_engine::sampling::{generate, SamplingParams};
 use safeguard_engine::{load_model, LoadOptions};
+use safeguard_model::layers::AttentionMode;
 use safeguard_model::qwen2_5_vl::{rope_index, KvCache, Logits, Prompt, VisionInputs};
 
 use crate::common::{fixtures, image_names, npy, npy_i64, rel_max_diff};
@@ -65,6 +66,8 @@ struct Setup {
     /// Whether 20 greedy tokens must equal the reference (f32 only: half precision may flip
     /// near-ties).
     greedy: bool,
+    /// Eager or tiled attention.
+    attention: AttentionMode,
 }
 
 fn cpu_f32() -> Setup {
@@ -73,6 +76,7 @@ fn cpu_f32() -> Setup {
         dtype: DType::F32,
         tol: F32_TOL,
         greedy: true,
+        attention: AttentionMode::Eager,
     }
 }
 
@@ -83,9 +87,15 @@ fn check_variant(variant: &str, setup: &Setup) {
         device: setup.device.clone(),
         ..Default::default()
     };
-    let loaded = load_model(&dir, &opts).unwrap();
+    let mut loaded = load_model(&dir, &opts).unwrap();
+    loaded.model.set_attention_mode(setup.attention);
     let model = &loaded.model;
-    let tag = format!("{variant}/{:?}/{:?}", setup.device.location(), setup.dtype);
+    let tag = format!(
+        "{variant}/{:?}/{:?}/{:?}",
+        setup.device.location(),
+        setup.dtype,
+        setup.attention
+    );
     for case in CASES {
         let cdir = dir.join("cases").join(case);
         let c = read_case(&cdir);
@@ -142,6 +152,21 @@ fn tiny_b_flat_sharded_tied_matches_transformers() {
     check_variant("tiny-b", &cpu_f32());
 }
 
+/// The tiled attention path (blocks of 3 and 5, so that every vision segment and prefill spans
+/// several blocks, partly masked) against the same transformers reference, greedy tokens
+/// included.
+#[test]
+fn tiled_attention_matches_eager_on_every_case() {
+    for block in [3, 5] {
+        let setup = Setup {
+            attention: AttentionMode::Tiled { block },
+            ..cpu_f32()
+        };
+        check_variant("tiny-a", &setup);
+        check_variant("tiny-b", &setup);
+    }
+}
+
 /// The same parity checks on CUDA device 0 (`cargo test -p safeguard-engine --features cuda`):
 /// f32 with the CPU tolerance and greedy tokens, bf16 with a loose bound (logits and image
 /// embeddings within 5% of the reference range, no token check). Never run in CI (no GPU);
@@ -156,6 +181,7 @@ mod cuda {
             dtype,
             tol: if dtype == DType::F32 { F32_TOL } else { 0.05 },
             greedy: dtype == DType::F32,
+            attention: AttentionMode::Auto,
         }
     }
 

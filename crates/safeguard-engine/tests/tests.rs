@@ -7,5 +7,7 @@ mod common;
 mod decoding;
 mod loading;
 mod local_guard;
+mod non_finite;
 mod parity;
 mod tokenizer;
+mod transformers_versions;

@@ -50,7 +50,10 @@ impl Guard for LiteGuard {
     }
 
     fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>> {
-        requests.iter().map(|r| self.judge_one(r)).collect()
+        requests
+            .iter()
+            .map(|r| safeguard_core::guard::check_finite(self.judge_one(r)))
+            .collect()
     }
 }
 

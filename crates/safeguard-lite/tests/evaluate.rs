@@ -81,3 +81,20 @@ fn free_text_policies_are_unassessed_with_a_reason() {
     assert_eq!(j.verdict, Assessment::Unassessed);
     assert!(j.note.unwrap().contains("free text"));
 }
+
+#[test]
+fn a_nan_score_is_an_error_never_safe() {
+    let policy = Policy::from_markdown(
+        "nudity-only",
+        "## Prohibited\n### nudity: Nudity\nNo nude people.\n",
+    )
+    .unwrap();
+    for nsfw in [f64::NAN, f64::INFINITY] {
+        // Left alone, NaN compares false with the threshold and reads as safe.
+        let judged = safeguard_core::guard::check_finite(Ok(evaluate(&policy, nsfw, 0.5)));
+        assert!(
+            matches!(judged, Err(safeguard_core::Error::NonFinite { .. })),
+            "{nsfw}: {judged:?}"
+        );
+    }
+}

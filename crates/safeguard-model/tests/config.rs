@@ -116,3 +116,78 @@ fn inconsistent_values_name_the_field() {
     let err = Config::from_json_str(&bad).unwrap_err().to_string();
     assert!(err.contains("hidden_size"), "{err}");
 }
+
+/// A fine-tune re-saved by transformers 4.5x (modelled on public 3B/7B fine-tunes saved with
+/// 4.52.4 and 4.54.0): both `in_chans` and `in_channels`, `text_config` plus top-level copies of
+/// its keys, `torch_dtype` and `dtype`, `rope_scaling` with both `type` and `rope_type`, and
+/// `tie_word_embeddings` only inside `text_config`.
+const RESAVED_4_5X: &str = r#"{
+  "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+  "_name_or_path": "/data/ckpt/qwen25vl-3b-guard", "transformers_version": "4.52.4",
+  "torch_dtype": "bfloat16", "dtype": "bfloat16",
+  "hidden_size": 2048, "num_hidden_layers": 36, "vocab_size": 151936, "rms_norm_eps": 1e-06,
+  "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+  "vision_end_token_id": 151653,
+  "text_config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+    "vocab_size": 151936, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+    "rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": 32768,
+    "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"}},
+  "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+    "in_chans": 3, "in_channels": 3, "spatial_patch_size": 14, "out_hidden_size": 2048,
+    "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112, "torch_dtype": "bfloat16"}
+}"#;
+
+#[test]
+fn resaved_configs_with_agreeing_duplicates_load() {
+    let cfg = Config::from_json_str(RESAVED_4_5X).unwrap();
+    assert_eq!(cfg.layout, ConfigLayout::Nested);
+    assert_eq!(cfg.vision_config.in_channels, 3);
+    assert!(cfg.tie_word_embeddings);
+    assert_eq!(cfg.text_config.mrope_section, vec![16, 24, 24]);
+    assert_eq!(cfg.dtype.as_deref(), Some("bfloat16"));
+}
+
+#[test]
+fn disagreeing_duplicates_name_both_keys() {
+    for (from, to, keys) in [
+        (
+            "\"in_channels\": 3",
+            "\"in_channels\": 4",
+            ["vision_config.in_channels", "vision_config.in_chans"],
+        ),
+        (
+            "\"hidden_size\": 2048, \"num_hidden_layers\": 36, \"vocab_size\"",
+            "\"hidden_size\": 1024, \"num_hidden_layers\": 36, \"vocab_size\"",
+            ["text_config.hidden_size", "`hidden_size`"],
+        ),
+        (
+            "\"dtype\": \"bfloat16\"",
+            "\"dtype\": \"float32\"",
+            ["dtype", "torch_dtype"],
+        ),
+    ] {
+        let bad = RESAVED_4_5X.replacen(from, to, 1);
+        assert_ne!(bad, RESAVED_4_5X, "{from}");
+        let err = Config::from_json_str(&bad).unwrap_err().to_string();
+        for key in keys {
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+}
+
+#[test]
+fn unimplemented_rope_and_attention_variants_are_refused() {
+    let yarn = RESAVED_4_5X.replace(
+        "\"rope_type\": \"default\", \"type\": \"default\"",
+        "\"rope_type\": \"yarn\", \"factor\": 4.0",
+    );
+    let err = Config::from_json_str(&yarn).unwrap_err().to_string();
+    assert!(err.contains("yarn"), "{err}");
+    let sliding = RESAVED_4_5X.replace(
+        "\"use_sliding_window\": false",
+        "\"use_sliding_window\": true",
+    );
+    let err = Config::from_json_str(&sliding).unwrap_err().to_string();
+    assert!(err.contains("use_sliding_window"), "{err}");
+}

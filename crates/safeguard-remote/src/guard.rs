@@ -209,6 +209,7 @@ impl Guard for RemoteGuard {
             .map(|((done, (calls, outcomes)), request)| {
                 done.unwrap_or_else(|| self.assemble(request, &calls, outcomes))
             })
+            .map(safeguard_core::guard::check_finite)
             .collect()
     }
 }

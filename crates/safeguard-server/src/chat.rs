@@ -4,8 +4,11 @@
 //!
 //! - Request: `{model, messages: [{role, content: string | [{type: text, text} | {type:
 //!   image_url, image_url: {url}}]}], max_tokens?, max_completion_tokens?, temperature?,
-//!   top_p?, seed?, stop?, n?, stream?, stream_options?, logprobs?, top_logprobs?}`; other
-//!   OpenAI fields are ignored.
+//!   top_p?, top_k?, repetition_penalty?, frequency_penalty?, presence_penalty?, seed?, stop?,
+//!   n?, stream?, stream_options?, logprobs?, top_logprobs?}`. Sampling fields the client
+//!   leaves out take the checkpoint's `generation_config.json` values (as vLLM does). Any other
+//!   non-null field is 400 `invalid_request` naming it (a field that changes the answer is
+//!   never dropped silently), except `user`, `metadata`, `store`, `service_tier`.
 //!   Images are base64 or `data:` URLs only: the server fetches nothing (an `http(s)://` URL is
 //!   400 `unsupported_image_url`). [`parse_request`] turns a body into a typed request or an
 //!   [`ApiError`], never panicking (property-tested).
@@ -167,7 +170,21 @@ struct RequestDto {
     logprobs: Option<bool>,
     #[serde(default)]
     top_logprobs: Option<u64>,
+    #[serde(default)]
+    top_k: Option<i64>,
+    #[serde(default)]
+    repetition_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    /// Every other key: refused unless harmless ([`IGNORED_FIELDS`]) or null.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
+
+/// OpenAI fields that do not change the answer, accepted and ignored.
+const IGNORED_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"];
 
 #[derive(Debug, Deserialize)]
 struct StreamOptionsDto {
@@ -223,6 +240,20 @@ pub fn parse_request(body: &[u8], max_images: usize) -> Result<ParsedChat, ApiEr
 }
 
 fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
+    // A field that would change the answer is never dropped silently.
+    let mut refused: Vec<&str> = dto
+        .other
+        .iter()
+        .filter(|(k, v)| !v.is_null() && !IGNORED_FIELDS.contains(&k.as_str()))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    refused.sort_unstable();
+    if let Some(first) = refused.first() {
+        return Err(invalid(format!(
+            "field `{}` is not supported by this server (it would change the answer); remove it",
+            input::truncate(first, 60)
+        )));
+    }
     if dto.messages.is_empty() {
         return Err(invalid("`messages` is empty: give at least one message"));
     }
@@ -244,15 +275,41 @@ fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
             )))
         }
     };
-    let temperature = dto.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
+    // Absent sampling fields take the checkpoint's generation_config.json values (as vLLM).
+    let temperature = dto.temperature;
+    if let Some(t) = temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+        return Err(invalid(format!("temperature must be in [0, 2] (got {t})")));
+    }
+    let top_p = dto.top_p;
+    if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return Err(invalid(format!("top_p must be in (0, 1] (got {p})")));
+    }
+    // vLLM: -1 (or 0) disables top-k.
+    let top_k = match dto.top_k {
+        None => None,
+        Some(k) if (-1..=0).contains(&k) => Some(0),
+        Some(k) if k > 0 && k <= 1 << 20 => Some(k as usize),
+        Some(k) => {
+            return Err(invalid(format!(
+                "top_k must be -1, 0 or positive (got {k})"
+            )))
+        }
+    };
+    if let Some(r) = dto
+        .repetition_penalty
+        .filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 10.0))
+    {
         return Err(invalid(format!(
-            "temperature must be in [0, 2] (got {temperature})"
+            "repetition_penalty must be in (0, 10] (got {r})"
         )));
     }
-    let top_p = dto.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(invalid(format!("top_p must be in (0, 1] (got {top_p})")));
+    for (name, v) in [
+        ("frequency_penalty", dto.frequency_penalty),
+        ("presence_penalty", dto.presence_penalty),
+    ] {
+        if let Some(v) = v.filter(|v| !(-2.0..=2.0).contains(v)) {
+            return Err(invalid(format!("{name} must be in [-2, 2] (got {v})")));
+        }
     }
     let stop = match dto.stop {
         None => Vec::new(),
@@ -323,6 +380,10 @@ fn convert(dto: RequestDto, max_images: usize) -> Result<ParsedChat, ApiError> {
             max_tokens,
             temperature,
             top_p,
+            top_k,
+            repetition_penalty: dto.repetition_penalty,
+            frequency_penalty: dto.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: dto.presence_penalty.unwrap_or(0.0),
             // Negative seeds are accepted as their two's complement.
             seed: dto.seed.unwrap_or(0) as u64,
             stop,
@@ -708,12 +769,64 @@ mod tests {
         .unwrap();
         assert!(p.stream && p.include_usage);
         let r = &p.request;
-        assert_eq!((r.max_tokens, r.temperature, r.top_p), (7, 0.0, 0.5));
+        assert_eq!(
+            (r.max_tokens, r.temperature, r.top_p),
+            (7, Some(0.0), Some(0.5))
+        );
         assert_eq!(r.seed, u64::MAX);
         assert_eq!(r.stop, ["END"]);
         assert_eq!(r.messages[0].role, Role::System);
         assert!(matches!(&r.messages[1].parts[1], ChatPart::Image(b) if b.len() == 8));
         assert!(r.messages[2].parts.is_empty());
+    }
+
+    #[test]
+    fn vllm_sampling_fields_parse_and_unknown_ones_are_refused_by_name() {
+        let base = || json!({"messages": [{"role": "user", "content": "hi"}]});
+        let mut v = base();
+        for (k, x) in [
+            ("top_k", json!(5)),
+            ("repetition_penalty", json!(1.05)),
+            ("frequency_penalty", json!(0.5)),
+            ("presence_penalty", json!(-0.5)),
+            ("user", json!("someone")),
+            ("logit_bias", json!(null)),
+        ] {
+            v[k] = x;
+        }
+        let r = parse(v).unwrap().request;
+        assert_eq!((r.top_k, r.repetition_penalty), (Some(5), Some(1.05)));
+        assert_eq!((r.frequency_penalty, r.presence_penalty), (0.5, -0.5));
+        // Absent sampling fields are left to the model's generation_config.json.
+        let r = parse(base()).unwrap().request;
+        assert_eq!(
+            (r.temperature, r.top_p, r.top_k, r.repetition_penalty),
+            (None, None, None, None)
+        );
+        let mut v = base();
+        v["top_k"] = json!(-1);
+        assert_eq!(parse(v).unwrap().request.top_k, Some(0));
+        for (k, x) in [
+            ("logit_bias", json!({"1": 5})),
+            ("min_p", json!(0.1)),
+            ("response_format", json!({"type": "json_object"})),
+            ("tools", json!([])),
+        ] {
+            let mut v = base();
+            v[k] = x;
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert!(e.message.contains(k), "{k}: {}", e.message);
+        }
+        for (k, x) in [
+            ("top_k", json!(-2)),
+            ("repetition_penalty", json!(0)),
+            ("presence_penalty", json!(2.5)),
+        ] {
+            let mut v = base();
+            v[k] = x;
+            assert_eq!(parse(v).unwrap_err().code, ErrorCode::InvalidRequest, "{k}");
+        }
     }
 
     #[test]

@@ -210,7 +210,7 @@ fn run_batch(guard: &dyn Guard, counters: &Counters, jobs: Vec<Job>) -> Vec<()> 
                 threshold: j.threshold,
             })
             .collect();
-        guard.judge(&requests)
+        safeguard_core::guard::judge_checked(guard, &requests)
     };
     counters.record_batch(n, start.elapsed());
     let got = results.len();

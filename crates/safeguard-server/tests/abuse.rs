@@ -416,6 +416,46 @@ async fn guard_failures_fail_closed_with_on_error_unsafe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nan_score_is_never_served_as_safe() {
+    let body = json!({"image": b64(&image_b()), "policy": "L3"});
+    let nan = || Arc::new(FakeGuard(Behaviour::NanSafe));
+    let server = TestServer::start(nan(), ApiKeys::none(), ServerConfig::default()).await;
+    let r = client()
+        .post(server.at("/v1/moderate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (500, "guard_error".into()));
+    server.stop().await;
+
+    let config = ServerConfig {
+        on_error: OnError::Unsafe,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(nan(), ApiKeys::none(), config).await;
+    let r = client()
+        .post(server.at("/v1/moderate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["verdict"], "unsafe", "{v}");
+    let r = client()
+        .post(server.at("/v1/moderations"))
+        .json(
+            &json!({"input": [{"type": "image_url", "image_url": {"url": data_url(&image_b())}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["results"][0]["flagged"], true, "{v}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_requests_time_out_and_shutdown_finishes_in_flight_ones() {
     let config = ServerConfig {
         request_timeout: Duration::from_millis(300),

@@ -151,6 +151,8 @@ pub enum Behaviour {
     Slow(Duration),
     /// Fail with a backend error.
     Fail,
+    /// A broken backend: answers *safe* with a NaN score (what `NaN >= threshold` gives).
+    NanSafe,
 }
 
 /// A guard without a model, for load and failure tests.
@@ -182,6 +184,22 @@ impl Guard for FakeGuard {
                     })
                     .collect()
             }
+            Behaviour::NanSafe => requests
+                .iter()
+                .map(|_| {
+                    Ok(Judgement {
+                        verdict: Assessment::Safe,
+                        p_unsafe: Some(f64::NAN),
+                        rules_hit: Vec::new(),
+                        rules: Vec::new(),
+                        rationale: None,
+                        raw_output: None,
+                        note: None,
+                        backend: "fake".into(),
+                        latency_ms: 0.0,
+                    })
+                })
+                .collect(),
             Behaviour::Fail => requests
                 .iter()
                 .map(|_| {

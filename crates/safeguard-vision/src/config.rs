@@ -1,7 +1,7 @@
 //! [`PreprocessConfig`]: the knobs of Qwen2-VL's image processor and how they are read from
 //! `preprocessor_config.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -82,24 +82,75 @@ struct RawSize {
     max_pixels: Option<usize>,
 }
 
+/// Where a model directory's image-processor settings came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `preprocessor_config.json` (transformers 4.x, and what the released checkpoints ship).
+    PreprocessorConfig(PathBuf),
+    /// The `image_processor` section of `processor_config.json` (transformers 5 writes only
+    /// this file when it saves a processor).
+    ProcessorConfig(PathBuf),
+    /// Neither file exists: the processor's own defaults.
+    Defaults,
+}
+
+/// Name of the 4.x image-processor file.
+pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
+/// Name of the v5 processor file (image-processor settings under `image_processor`).
+pub const PROCESSOR_CONFIG: &str = "processor_config.json";
+
 impl PreprocessConfig {
-    /// Reads `DIR/preprocessor_config.json`, or returns the defaults when the directory has no
-    /// such file (it is optional in a Hugging Face model directory).
+    /// Reads the image-processor settings of a model directory: `preprocessor_config.json`,
+    /// else the `image_processor` section of `processor_config.json` (transformers v5), else
+    /// the defaults (see [`PreprocessConfig::from_model_dir_with_source`] to know which).
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self, VisionError> {
-        let path = dir.as_ref().join("preprocessor_config.json");
-        if !path.exists() {
-            return Ok(Self::default());
+        Ok(Self::from_model_dir_with_source(dir)?.0)
+    }
+
+    /// [`PreprocessConfig::from_model_dir`] and where the settings came from, so that a caller
+    /// can warn when the defaults were used (their `max_pixels` is lower than the released
+    /// checkpoints' and changes the answers).
+    pub fn from_model_dir_with_source(
+        dir: impl AsRef<Path>,
+    ) -> Result<(Self, ConfigSource), VisionError> {
+        let dir = dir.as_ref();
+        let path = dir.join(PREPROCESSOR_CONFIG);
+        if path.exists() {
+            return Ok((
+                Self::from_json_file(&path)?,
+                ConfigSource::PreprocessorConfig(path),
+            ));
         }
-        Self::from_json_file(&path)
+        let path = dir.join(PROCESSOR_CONFIG);
+        if path.exists() {
+            let text = read(&path)?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| VisionError::ConfigParse {
+                    path: path.clone(),
+                    source,
+                })?;
+            let Some(section) = value.get("image_processor") else {
+                return Err(VisionError::InvalidConfig(format!(
+                    "{} has no `image_processor` section (transformers v5 writes the image \
+                     processor's settings there)",
+                    path.display()
+                )));
+            };
+            let raw: RawConfig = serde_json::from_value(section.clone()).map_err(|source| {
+                VisionError::ConfigParse {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            return Ok((Self::from_raw(raw)?, ConfigSource::ProcessorConfig(path)));
+        }
+        Ok((Self::default(), ConfigSource::Defaults))
     }
 
     /// Reads a `preprocessor_config.json` file.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, VisionError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::ConfigRead {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         let raw: RawConfig =
             serde_json::from_str(&text).map_err(|source| VisionError::ConfigParse {
                 path: path.to_owned(),
@@ -213,4 +264,11 @@ impl PreprocessConfig {
         }
         Ok(())
     }
+}
+
+fn read(path: &Path) -> Result<String, VisionError> {
+    std::fs::read_to_string(path).map_err(|source| VisionError::ConfigRead {
+        path: path.to_owned(),
+        source,
+    })
 }

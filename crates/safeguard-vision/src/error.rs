@@ -31,6 +31,28 @@ pub enum VisionError {
     #[error("unsupported image format or feature: {0}")]
     Unsupported(#[source] image::ImageError),
 
+    /// The image would take more LLM tokens than the caller's budget
+    /// (see [`decode_and_preprocess_within`](crate::decode_and_preprocess_within)).
+    #[error(
+        "the {width}x{height} image resizes to {resized_width}x{resized_height} pixels = \
+         {tokens} image tokens, above the limit of {limit} (--max-image-tokens); send a smaller \
+         image or raise the limit"
+    )]
+    TooManyImageTokens {
+        /// Decoded width, in pixels.
+        width: u32,
+        /// Decoded height, in pixels.
+        height: u32,
+        /// Width after `smart_resize`.
+        resized_width: usize,
+        /// Height after `smart_resize`.
+        resized_height: usize,
+        /// Tokens the image would take.
+        tokens: usize,
+        /// The budget.
+        limit: usize,
+    },
+
     /// The header declares a width or height of zero.
     #[error("the image declares an empty size of {width}x{height} pixels")]
     ZeroSize {

@@ -34,7 +34,10 @@ pub mod npy;
 mod preprocess;
 mod resize;
 
-pub use config::{PreprocessConfig, CLIP_MEAN, CLIP_STD, MAX_TARGET_PIXELS};
+pub use config::{
+    ConfigSource, PreprocessConfig, CLIP_MEAN, CLIP_STD, MAX_TARGET_PIXELS, PREPROCESSOR_CONFIG,
+    PROCESSOR_CONFIG,
+};
 pub use decode::{decode_image, DecodeLimits};
 pub use error::VisionError;
 pub use preprocess::{patchify, preprocess, Preprocessed};
@@ -47,5 +50,49 @@ pub fn decode_and_preprocess(
     limits: &DecodeLimits,
     cfg: &PreprocessConfig,
 ) -> Result<Preprocessed, VisionError> {
-    preprocess(&decode_image(bytes, limits)?, cfg)
+    decode_and_preprocess_within(bytes, limits, cfg, None)
+}
+
+/// LLM tokens an image of `width` × `height` pixels takes under `cfg`: its [`smart_resize`]d
+/// area over `(patch_size · merge_size)²`, with the resized `(height, width)`.
+pub fn image_tokens(
+    width: u32,
+    height: u32,
+    cfg: &PreprocessConfig,
+) -> Result<(usize, (usize, usize)), VisionError> {
+    let (h, w) = smart_resize(
+        height as usize,
+        width as usize,
+        cfg.factor(),
+        cfg.min_pixels,
+        cfg.max_pixels,
+    )?;
+    Ok((h * w / (cfg.factor() * cfg.factor()), (h, w)))
+}
+
+/// [`decode_and_preprocess`] that refuses, before resizing, an image that would take more than
+/// `max_tokens` LLM tokens ([`VisionError::TooManyImageTokens`]); `None` = no budget beyond
+/// `cfg.max_pixels`.
+pub fn decode_and_preprocess_within(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    cfg: &PreprocessConfig,
+    max_tokens: Option<usize>,
+) -> Result<Preprocessed, VisionError> {
+    let image = decode_image(bytes, limits)?;
+    if let Some(limit) = max_tokens {
+        let (width, height) = image.dimensions();
+        let (tokens, (resized_height, resized_width)) = image_tokens(width, height, cfg)?;
+        if tokens > limit {
+            return Err(VisionError::TooManyImageTokens {
+                width,
+                height,
+                resized_width,
+                resized_height,
+                tokens,
+                limit,
+            });
+        }
+    }
+    preprocess(&image, cfg)
 }

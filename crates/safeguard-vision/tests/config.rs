@@ -83,3 +83,46 @@ fn unusable_configs_are_refused() {
         );
     }
 }
+
+/// Processor directories saved by transformers itself (`scripts/fixtures/processor_versions.py`):
+/// 4.55 writes `preprocessor_config.json`, v5 only `processor_config.json` with the settings
+/// nested under `image_processor`. Both hold min_pixels 3136 and max_pixels 200704.
+#[test]
+fn processor_files_of_transformers_4_and_5_are_read() {
+    use safeguard_vision::ConfigSource;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (v4, source) =
+        PreprocessConfig::from_model_dir_with_source(fixtures.join("processor-4.55")).unwrap();
+    assert!(
+        matches!(source, ConfigSource::PreprocessorConfig(_)),
+        "{source:?}"
+    );
+    let (v5, source) =
+        PreprocessConfig::from_model_dir_with_source(fixtures.join("processor-v5")).unwrap();
+    assert!(
+        matches!(source, ConfigSource::ProcessorConfig(_)),
+        "{source:?}"
+    );
+    assert!(!fixtures
+        .join("processor-v5/preprocessor_config.json")
+        .exists());
+    for cfg in [&v4, &v5] {
+        assert_eq!((cfg.min_pixels, cfg.max_pixels), (3136, 200_704));
+    }
+    assert_eq!(v4, v5);
+    // Neither file: the defaults, and the caller is told.
+    let empty = tempfile::tempdir().unwrap();
+    let (cfg, source) = PreprocessConfig::from_model_dir_with_source(empty.path()).unwrap();
+    assert_eq!(source, ConfigSource::Defaults);
+    assert_eq!(cfg, PreprocessConfig::default());
+    // A processor_config.json without the section is an error naming it.
+    std::fs::write(
+        empty.path().join("processor_config.json"),
+        r#"{"processor_class": "X"}"#,
+    )
+    .unwrap();
+    let err = PreprocessConfig::from_model_dir(empty.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image_processor"), "{err}");
+}

@@ -96,6 +96,36 @@ pub struct BackendArgs {
     /// Largest accepted image file, in bytes.
     #[arg(long, default_value_t = 64 << 20, env = "SAFEGUARD_MAX_IMAGE_BYTES")]
     pub max_image_bytes: usize,
+    /// Most LLM tokens one image may take after resizing (local backend); a larger image is
+    /// refused with an error naming its size [default: no limit beyond --max-pixels, i.e.
+    /// max_pixels / 784 tokens: 16384 for the released checkpoints].
+    #[arg(long, env = "SAFEGUARD_MAX_IMAGE_TOKENS")]
+    pub max_image_tokens: Option<usize>,
+    /// How the local model computes attention: auto (eager for small inputs, tiled with an
+    /// online softmax where the scores would be large), eager or tiled.
+    #[arg(long, value_enum, default_value = "auto", env = "SAFEGUARD_ATTENTION")]
+    pub attention: Attention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attention {
+    /// Eager while one call's scores fit in 64 MiB, tiled beyond.
+    Auto,
+    /// Always the whole score matrix (memory grows with the square of the sequence).
+    Eager,
+    /// Always tiled, 512 × 512 scores at a time.
+    Tiled,
+}
+
+impl Attention {
+    fn mode(self) -> safeguard_model::layers::AttentionMode {
+        use safeguard_model::layers::{AttentionMode, AUTO_BLOCK};
+        match self {
+            Attention::Auto => AttentionMode::Auto,
+            Attention::Eager => AttentionMode::Eager,
+            Attention::Tiled => AttentionMode::Tiled { block: AUTO_BLOCK },
+        }
+    }
 }
 
 /// How each image is judged.
@@ -206,9 +236,14 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
                 prefix_cache_bytes: args.prefix_cache_mb << 20,
                 rules: !args.no_rules,
                 max_new_tokens: args.max_new_tokens,
+                max_image_tokens: args.max_image_tokens,
+                attention: args.attention.mode(),
             };
             let guard = LocalGuard::load(&dir, opts)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            for notice in guard.notices() {
+                eprintln!("warning: {notice}");
+            }
             let guard = Arc::new(guard);
             Ok(Built {
                 guard: Arc::clone(&guard) as Arc<dyn Guard>,

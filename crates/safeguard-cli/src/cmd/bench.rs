@@ -180,6 +180,7 @@ fn build_guard(args: &BenchArgs) -> anyhow::Result<(LocalGuard, PreprocessConfig
         prefix_cache_bytes: args.prefix_cache_mb << 20,
         rules: !args.no_rules,
         max_new_tokens: args.max_new_tokens,
+        ..LocalGuardOptions::default()
     };
     let (loaded, tokenizer, mut preprocess, described) = match (&args.model, &args.shape) {
         (Some(model), _) => {

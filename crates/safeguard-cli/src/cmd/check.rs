@@ -133,7 +133,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 threshold: judging.threshold,
             })
             .collect();
-        let mut judged = guard.judge(&requests).into_iter();
+        let mut judged =
+            safeguard_core::guard::judge_checked(guard.as_ref(), &requests).into_iter();
         for (path, bytes) in chunk.iter().zip(read) {
             let result = bytes.and_then(|_| {
                 backend::fallback(

@@ -11,6 +11,10 @@
 //! - **nested** (transformers ≥ 4.52 / 5.x `save_pretrained`): the text keys live in
 //!   `text_config`, with `rope_parameters = {"rope_theta", "mrope_section", "rope_type"}`.
 //!
+//! Keys that appear twice (`in_chans` and `in_channels`, text keys at the top level and in
+//! `text_config`, `torch_dtype` and `dtype`, `rope_scaling` and `rope_parameters`) are checked
+//! for agreement and merged first (`config_keys`); unknown keys are ignored.
+//!
 //! [`Config::from_json_str`] inspects the presence of `text_config`, parses the matching
 //! layout and records which one it was in [`Config::layout`]. Defaults are those of the Python
 //! classes and are applied only where transformers has one.
@@ -61,6 +65,8 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// The layout the file used.
     pub layout: ConfigLayout,
+    /// The checkpoint's stored dtype (`dtype`, or the older `torch_dtype`), e.g. `bfloat16`.
+    pub dtype: Option<String>,
 }
 
 /// Top-level keys other than the text model's.
@@ -77,6 +83,8 @@ struct TopLevel {
     vision_end_token_id: u32,
     #[serde(default)]
     tie_word_embeddings: bool,
+    #[serde(default)]
+    dtype: Option<String>,
 }
 
 /// The Qwen2 decoder (`Qwen2_5_VLTextConfig`), after the RoPE keys of both layouts have been
@@ -172,8 +180,9 @@ pub struct VisionConfig {
     /// Attention heads.
     #[serde(default = "default_vision_heads")]
     pub num_heads: usize,
-    /// Input channels (3); older files call it `in_chans`.
-    #[serde(default = "default_in_channels", alias = "in_chans")]
+    /// Input channels (3); older files call it `in_chans` (merged into this name, checked
+    /// against it when both are present, before parsing).
+    #[serde(default = "default_in_channels")]
     pub in_channels: usize,
     /// Patch side in pixels (14).
     #[serde(default = "default_patch_size")]
@@ -302,7 +311,8 @@ impl Config {
 impl TryFrom<serde_json::Value> for Config {
     type Error = ModelError;
 
-    fn try_from(value: serde_json::Value) -> Result<Self, ModelError> {
+    fn try_from(mut value: serde_json::Value) -> Result<Self, ModelError> {
+        super::config_keys::normalize(&mut value)?;
         let top: TopLevel =
             serde_json::from_value(value.clone()).map_err(ModelError::ConfigJson)?;
         let (layout, raw_text) = match value.get("text_config") {
@@ -320,6 +330,7 @@ impl TryFrom<serde_json::Value> for Config {
             vision_start_token_id: top.vision_start_token_id,
             vision_end_token_id: top.vision_end_token_id,
             layout,
+            dtype: top.dtype,
         };
         cfg.validate()?;
         Ok(cfg)

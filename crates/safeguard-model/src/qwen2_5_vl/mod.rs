@@ -18,6 +18,7 @@
 
 mod batch;
 pub mod config;
+mod config_keys;
 pub mod rope_index;
 pub mod text;
 pub mod vision;
@@ -30,6 +31,7 @@ pub use rope_index::{rope_index, RopeIndex};
 pub use text::{KvCache, MRope, TextModel};
 pub use vision::{VisionInputs, VisionModel};
 
+use crate::layers::AttentionMode;
 use crate::lora::{LoraAdapter, LoraLinear};
 use crate::ModelError;
 
@@ -75,6 +77,18 @@ impl WeightLayout {
     }
 }
 
+/// The dtype the vision tower runs in when the model is loaded in `dtype`: the same, except
+/// f32 for f16. Qwen2.5-VL's vision tower overflows float16 on the released weights (the MLP
+/// of its last blocks reaches values above 65504: llama.cpp issue 17534 saw `-inf` in block 31
+/// of the 3B, ollama forces f32 for it), which turns every image embedding into NaN. bf16 has
+/// f32's range and is kept.
+pub fn vision_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
 /// Which logits [`Qwen2_5VlModel::forward`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -109,8 +123,13 @@ pub struct Qwen2_5VlModel {
 impl Qwen2_5VlModel {
     /// Loads the model from `vb` at the checkpoint root. The weight layout is passed explicitly
     /// because it is a property of the file, not of `config.json`.
+    ///
+    /// Under `f16` the vision tower is built in f32 instead (see [`vision_dtype`]).
     pub fn new(cfg: &Config, layout: WeightLayout, vb: VarBuilder) -> candle_core::Result<Self> {
-        let visual = VisionModel::new(&cfg.vision_config, vb.pp(layout.visual_prefix()))?;
+        let vision_vb = vb
+            .pp(layout.visual_prefix())
+            .set_dtype(vision_dtype(vb.dtype()));
+        let visual = VisionModel::new(&cfg.vision_config, vision_vb)?;
         let text = TextModel::new(&cfg.text_config, vb.pp(layout.text_prefix()))?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(text.embedding_weight().clone(), None)
@@ -150,6 +169,13 @@ impl Qwen2_5VlModel {
         Ok(attached.len())
     }
 
+    /// How attention is computed in the vision tower and the decoder (default
+    /// [`AttentionMode::Auto`]: eager for small inputs, tiled where the scores would be large).
+    pub fn set_attention_mode(&mut self, mode: AttentionMode) {
+        self.visual.set_attention_mode(mode);
+        self.text.set_attention_mode(mode);
+    }
+
     /// Removes any attached LoRA pairs.
     pub fn detach_lora(&mut self) {
         self.visual
@@ -163,9 +189,14 @@ impl Qwen2_5VlModel {
         &self.cfg
     }
 
-    /// dtype of the weights.
+    /// dtype of the decoder's weights (the vision tower's may differ, see [`vision_dtype`]).
     pub fn dtype(&self) -> DType {
         self.text.dtype()
+    }
+
+    /// dtype the vision tower runs in.
+    pub fn vision_dtype(&self) -> DType {
+        self.visual.dtype()
     }
 
     /// `<|image_pad|>` tokens an image of grid `(t, h, w)` patches takes.

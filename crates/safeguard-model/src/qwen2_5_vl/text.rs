@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 
 use super::config::TextConfig;
-use crate::layers::{apply_rope, attention, causal_mask, repeat_kv, RmsNorm};
+use crate::layers::{apply_rope, attention, repeat_kv, AttentionMode, Mask, RmsNorm};
 use crate::lora::LoraLinear;
 
 /// Keys and values of every layer for the tokens seen so far.
@@ -192,7 +192,13 @@ impl Attention {
         let k = apply_rope(&k, &step.rope.cos, &step.rope.sin)?;
         let (k, v) = step.cache.append(layer, k, v.contiguous()?)?;
         let n_rep = self.num_heads / self.num_kv_heads;
-        let out = attention(&q, &repeat_kv(k, n_rep)?, &repeat_kv(v, n_rep)?, step.mask)?;
+        let out = attention(
+            &q,
+            &repeat_kv(k, n_rep)?,
+            &repeat_kv(v, n_rep)?,
+            step.mask,
+            step.attention,
+        )?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, seq, self.num_heads * self.head_dim))?;
@@ -253,7 +259,8 @@ impl DecoderLayer {
 /// What one forward pass shares across layers.
 struct Step<'a> {
     rope: &'a MRope,
-    mask: Option<&'a Tensor>,
+    mask: Mask,
+    attention: AttentionMode,
     cache: &'a mut KvCache,
 }
 
@@ -265,6 +272,7 @@ pub struct TextModel {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     cfg: TextConfig,
+    attention: AttentionMode,
 }
 
 impl TextModel {
@@ -278,7 +286,13 @@ impl TextModel {
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
             cfg: cfg.clone(),
+            attention: AttentionMode::default(),
         })
+    }
+
+    /// How the layers compute attention (a long prefill needs the tiled path).
+    pub fn set_attention_mode(&mut self, mode: AttentionMode) {
+        self.attention = mode;
     }
 
     /// Embeds token ids `[b, seq]` → `[b, seq, hidden]`.
@@ -298,14 +312,16 @@ impl TextModel {
         let _span = tracing::trace_span!("text_forward").entered();
         let (_, seq, _) = embeds.dims3()?;
         let past = cache.seq_len();
+        // One new token sees everything; several see the past and what precedes them.
         let mask = if seq > 1 {
-            Some(causal_mask(seq, past, embeds.device())?)
+            Mask::Causal { past }
         } else {
-            None
+            Mask::None
         };
         let mut step = Step {
             rope,
-            mask: mask.as_ref(),
+            mask,
+            attention: self.attention,
             cache,
         };
         let mut xs = embeds.clone();

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{linear, Activation, Linear, VarBuilder};
 
 use super::config::VisionConfig;
-use crate::layers::{apply_rope, attention, RmsNorm};
+use crate::layers::{apply_rope, attention, AttentionMode, Mask, RmsNorm};
 use crate::lora::LoraLinear;
 
 /// Pixel input of the vision tower: all images' patches concatenated, in the processor's
@@ -173,7 +173,13 @@ impl VisionAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, cu_seqlens: &[usize], rope: &VisionRope) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        cu_seqlens: &[usize],
+        rope: &VisionRope,
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
         let (seq, hidden) = xs.dims2()?;
         let qkv =
             self.qkv
@@ -191,7 +197,8 @@ impl VisionAttention {
                 &q.narrow(2, start, len)?,
                 &k.narrow(2, start, len)?,
                 &v.narrow(2, start, len)?,
-                None,
+                Mask::None,
+                mode,
             )?;
             outputs.push(out);
         }
@@ -233,11 +240,17 @@ impl VisionBlock {
         ]
     }
 
-    fn forward(&self, xs: &Tensor, cu_seqlens: &[usize], rope: &VisionRope) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        cu_seqlens: &[usize],
+        rope: &VisionRope,
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
         let xs = (xs
             + self
                 .attn
-                .forward(&self.norm1.forward(xs)?, cu_seqlens, rope)?)?;
+                .forward(&self.norm1.forward(xs)?, cu_seqlens, rope, mode)?)?;
         &xs + self.mlp.forward(&self.norm2.forward(&xs)?)?
     }
 }
@@ -308,6 +321,7 @@ pub struct VisionModel {
     blocks: Vec<VisionBlock>,
     merger: PatchMerger,
     cfg: VisionConfig,
+    attention: AttentionMode,
 }
 
 impl VisionModel {
@@ -321,7 +335,14 @@ impl VisionModel {
             blocks,
             merger: PatchMerger::new(cfg, vb.pp("merger"))?,
             cfg: cfg.clone(),
+            attention: AttentionMode::default(),
         })
+    }
+
+    /// How the blocks compute attention (a full-attention block over a large image needs the
+    /// tiled path: its scores grow with the square of the patch count).
+    pub fn set_attention_mode(&mut self, mode: AttentionMode) {
+        self.attention = mode;
     }
 
     /// Embeds all images: `[Σ t·h·w / merge², out_hidden_size]`, images concatenated in order.
@@ -370,7 +391,7 @@ impl VisionModel {
             } else {
                 &cu_window
             };
-            xs = block.forward(&xs, cu, &rope)?;
+            xs = block.forward(&xs, cu, &rope, self.attention)?;
         }
         let merged = self.merger.forward(&xs)?;
         let mut reverse = vec![0u32; win_index.len()];
