@@ -9,5 +9,6 @@ mod loading;
 mod local_guard;
 mod non_finite;
 mod parity;
+mod repetition_penalty;
 mod tokenizer;
 mod transformers_versions;
