@@ -77,10 +77,10 @@ pub fn smart_resize(
 /// Pillow's bicubic is a Catmull-Rom cubic (`a = -0.5`) whose support widens with the downscale
 /// factor (it antialiases), applied as two one-dimensional passes with 22-bit fixed-point
 /// weights and an 8-bit rounded and clipped intermediate image; the order of the passes changes
-/// the result (by up to 15 levels on sharp edges), and Pillow 13 runs the vertical pass first
-/// when the height shrinks by more than twice as many pixels as the width. This is a port of
-/// that integer arithmetic (`libImaging/Resample.c`, see the `pillow` module), checked bit for
-/// bit against Pillow's output in the tests (`tests/fixtures/pillow-resize/`).
+/// the result (by up to 27 levels on the fixtures' sharp edges), and Pillow 13 runs the vertical
+/// pass first when the height shrinks by more than twice as many pixels as the width. This is a
+/// port of that integer arithmetic (`libImaging/Resample.c`, see the `pillow` module), checked
+/// bit for bit against Pillow's output in the tests (`tests/fixtures/pillow-resize/`).
 ///
 /// Returns a copy when the size does not change (as PIL does). Errors: [`VisionError::ZeroSize`]
 /// for an empty target side.
