@@ -104,10 +104,42 @@ pub fn attention(
             (bytes > AUTO_SCORE_BYTES).then_some(AUTO_BLOCK)
         }
     };
+    #[cfg(feature = "flash-attn")]
+    if mode != AttentionMode::Eager
+        && q.device().is_cuda()
+        && matches!(q.dtype(), DType::F16 | DType::BF16)
+    {
+        return attention_flash(q, k, v, mask);
+    }
     match block {
         None => attention_eager(q, k, v, mask),
         Some(block) => attention_tiled(q, k, v, mask, block),
     }
+}
+
+/// candle's FlashAttention-2 kernel (CUDA, f16/bf16; the `flash-attn` feature), used by
+/// [`AttentionMode::Auto`] and `Tiled` whenever it applies. It takes `[b, seq, heads, d]`, and
+/// its causal mask is aligned to the bottom right (query `i` sees keys up to
+/// `kv_len − q_len + i`), which is [`Mask::Causal`] with `past = kv_len − q_len`.
+/// Not yet built or run in this project: no machine here has nvcc or a GPU.
+#[cfg(feature = "flash-attn")]
+fn attention_flash(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(D::Minus1)? as f32).sqrt();
+    let causal = match mask {
+        Mask::None => false,
+        Mask::Causal { past } => {
+            if past + q.dim(2)? != k.dim(2)? {
+                candle_core::bail!("flash attention: the causal mask needs kv_len = past + q_len");
+            }
+            true
+        }
+    };
+    let (q, k, v) = (
+        q.transpose(1, 2)?.contiguous()?,
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
+    candle_flash_attn::flash_attn(&q, &k, &v, scale, causal)?.transpose(1, 2)
 }
 
 /// The whole score matrix at once (transformers' eager attention).
