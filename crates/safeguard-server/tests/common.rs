@@ -164,42 +164,28 @@ impl Guard for FakeGuard {
     }
 
     fn judge(&self, requests: &[GuardRequest<'_>]) -> Vec<Result<Judgement, Error>> {
+        let safe = |p_unsafe: f64, latency_ms: f64| {
+            Ok(Judgement {
+                verdict: Assessment::Safe,
+                p_unsafe: Some(p_unsafe),
+                rules_hit: Vec::new(),
+                rules: Vec::new(),
+                rationale: None,
+                raw_output: None,
+                note: None,
+                backend: "fake".into(),
+                latency_ms,
+            })
+        };
         match self.0 {
             Behaviour::Slow(d) => {
                 std::thread::sleep(d);
                 requests
                     .iter()
-                    .map(|_| {
-                        Ok(Judgement {
-                            verdict: Assessment::Safe,
-                            p_unsafe: Some(0.1),
-                            rules_hit: Vec::new(),
-                            rules: Vec::new(),
-                            rationale: None,
-                            raw_output: None,
-                            note: None,
-                            backend: "fake".into(),
-                            latency_ms: d.as_secs_f64() * 1e3,
-                        })
-                    })
+                    .map(|_| safe(0.1, d.as_secs_f64() * 1e3))
                     .collect()
             }
-            Behaviour::NanSafe => requests
-                .iter()
-                .map(|_| {
-                    Ok(Judgement {
-                        verdict: Assessment::Safe,
-                        p_unsafe: Some(f64::NAN),
-                        rules_hit: Vec::new(),
-                        rules: Vec::new(),
-                        rationale: None,
-                        raw_output: None,
-                        note: None,
-                        backend: "fake".into(),
-                        latency_ms: 0.0,
-                    })
-                })
-                .collect(),
+            Behaviour::NanSafe => requests.iter().map(|_| safe(f64::NAN, 0.0)).collect(),
             Behaviour::Fail => requests
                 .iter()
                 .map(|_| {

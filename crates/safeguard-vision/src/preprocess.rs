@@ -2,7 +2,7 @@
 
 use image::RgbImage;
 
-use crate::{resize_bicubic, smart_resize, PreprocessConfig, VisionError};
+use crate::{resize_bicubic, PreprocessConfig, VisionError};
 
 /// The model-ready form of one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +29,7 @@ impl Preprocessed {
 
 /// Preprocesses one decoded image exactly as `Qwen2VLImageProcessorPil` does.
 ///
-/// Steps: [`smart_resize`] the size to multiples of `patch_size * merge_size` within the pixel
+/// Steps: [`smart_resize`](crate::smart_resize) the size to multiples of `patch_size * merge_size` within the pixel
 /// bounds, resize with PIL-compatible bicubic ([`resize_bicubic`], 8-bit result), rescale by
 /// 1/255, normalize with `image_mean`/`image_std`, repeat to `temporal_patch_size` frames and
 /// [`patchify`].
@@ -39,13 +39,7 @@ impl Preprocessed {
 pub fn preprocess(image: &RgbImage, cfg: &PreprocessConfig) -> Result<Preprocessed, VisionError> {
     cfg.validate()?;
     let (width, height) = image.dimensions();
-    let (new_h, new_w) = smart_resize(
-        height as usize,
-        width as usize,
-        cfg.factor(),
-        cfg.min_pixels,
-        cfg.max_pixels,
-    )?;
+    let (_, (new_h, new_w)) = crate::image_tokens(width, height, cfg)?;
     let too_big = |side: usize| {
         u32::try_from(side).map_err(|_| {
             VisionError::InvalidConfig(format!("resized side of {side} pixels is too large"))
@@ -66,7 +60,7 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessConfig) -> Result<Preprocess
 /// # Panics
 ///
 /// If the image's sides are not multiples of `patch_size * merge_size` (a programming error:
-/// use the size from [`smart_resize`]).
+/// use the size from [`smart_resize`](crate::smart_resize)).
 pub fn patchify(image: &RgbImage, cfg: &PreprocessConfig) -> Preprocessed {
     let (width, height) = (image.width() as usize, image.height() as usize);
     let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
