@@ -520,3 +520,38 @@ fn serve_stops_promptly_when_signalled_while_loading() {
         start.elapsed()
     );
 }
+
+/// `serve --max-image-tokens`: an image above the budget is a client error naming its size and
+/// the flag (on the moderation route and in chat), and the server keeps serving.
+#[test]
+fn serve_refuses_images_over_the_token_budget() {
+    // The 64x48 fixture resizes to 56x56 pixels: 4 tokens, one over the budget.
+    let server = Server::start(&["--max-image-tokens", "3"]);
+    let addr = server.addr.clone();
+    let image = std::fs::read(tiny_guard().join("image-a.png")).unwrap();
+    let body = format!(r#"{{"image": "{}", "policy": "L3"}}"#, b64(&image));
+    let json = [("Content-Type", "application/json")];
+    let (status, text) = http(&addr, "POST", "/v1/moderate", &json, body.as_bytes());
+    assert!((400..500).contains(&status), "{status} {text}");
+    assert!(
+        text.contains("invalid_image")
+            && text.contains("--max-image-tokens")
+            && text.contains("limit of 3"),
+        "{text}"
+    );
+    let chat = format!(
+        r#"{{"messages": [{{"role": "user", "content": [{{"type": "image_url", "image_url": {{"url": "data:image/png;base64,{}"}}}}]}}]}}"#,
+        b64(&image)
+    );
+    let (status, text) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &json,
+        chat.as_bytes(),
+    );
+    assert!((400..500).contains(&status), "{status} {text}");
+    assert!(text.contains("--max-image-tokens"), "{text}");
+    assert_eq!(http(&addr, "GET", "/healthz", &[], b"").0, 200);
+    assert!(server.stop().success());
+}

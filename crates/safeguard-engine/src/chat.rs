@@ -8,7 +8,8 @@
 //! ([`LocalGuard::prepare_chat`] exposes it). Images go through the guard's own decode limits and
 //! preprocessing (and image-token budget) and the vision tower, one image at a time.
 //!
-//! Generation stops at `<|im_end|>`/`<|endoftext|>` (not part of the text), at the first
+//! Generation stops at `<|im_end|>`/`<|endoftext|>` or an `eos_token_id` of the checkpoint's
+//! `generation_config.json` (not part of the text), at the first
 //! occurrence of a stop string in the decoded text (cut before it), or after `max_tokens` new
 //! tokens. Streamed pieces never contain a stop string nor half of a UTF-8 character: text that
 //! could still become the start of a stop string is held back until it cannot. The streamed
