@@ -318,3 +318,47 @@ fn the_local_backend_judges_with_scores_and_rules_hit() {
         .unwrap()
         .contains("--on-unparsable"));
 }
+
+/// What falls back or is changed for safety is said on stderr: pixel bounds when the model
+/// directory has no processor file, the f32 vision tower under --dtype f16.
+#[test]
+fn the_local_backend_warns_about_defaults_and_dtype_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_guard().join(file), dir.path().join(file)).unwrap();
+    }
+    let image = tiny_guard().join("image-a.png");
+    let out = safeguard(&[
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--model",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("neither preprocessor_config.json nor processor_config.json")
+            && stderr.contains("max_pixels 1003520"),
+        "{stderr}"
+    );
+    let out = safeguard(&[
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--model",
+        tiny_guard().to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: the vision tower runs in F32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("processor_config.json"), "{stderr}");
+}
