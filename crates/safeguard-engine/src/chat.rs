@@ -3,7 +3,8 @@
 //! the Qwen2.5-VL chat template and generates the assistant's answer, reporting each new piece of
 //! text as it is decoded (for streaming).
 //!
-//! The prompt is [`render_chat`] of the messages with every image part expanded to its
+//! The prompt is the checkpoint's own chat template ([`crate::chat_template`]) when it ships one,
+//! else [`render_chat`] (the stock Qwen2.5-VL template), with every image part expanded to its
 //! `<|image_pad|>` tokens, tokenized as one text, exactly as the Python processor builds it
 //! ([`LocalGuard::prepare_chat`] exposes it). Images go through the guard's own decode limits and
 //! preprocessing (and image-token budget) and the vision tower, one image at a time.
@@ -348,7 +349,10 @@ impl LocalGuard {
                 parts,
             });
         }
-        let text = render_chat(&messages, true);
+        let text = match self.chat_template() {
+            Some(template) => template.render(&messages, true)?,
+            None => render_chat(&messages, true),
+        };
         let input_ids = self.tokenizer().encode(&text)?;
         let embeds = match embeds.len() {
             0 => None,

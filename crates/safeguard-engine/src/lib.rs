@@ -6,6 +6,7 @@
 //! - [`weights`]: `config.json`, memory-mapped safetensors (single file or sharded with an
 //!   index), dtype chosen at load time, PEFT LoRA merged at load ([`weights::load_model`]).
 //! - [`tokenizer`]: `tokenizer.json`, the chat template, image-placeholder expansion.
+//! - [`chat_template`]: a checkpoint's own Jinja chat template, rendered as transformers does.
 //! - [`generation`]: `generation_config.json` (stop ids, sampling defaults).
 //! - [`sampling`]: greedy/temperature/top-k/top-p decoding with stop tokens and log-probs,
 //!   [`sampling::generate`], and verdict scoring ([`sampling::p_unsafe`]).
@@ -20,6 +21,7 @@
 //! The `cuda` feature builds candle with CUDA (needs nvcc; off by default).
 
 pub mod chat;
+pub mod chat_template;
 pub mod generation;
 pub mod hub;
 pub mod local;

@@ -107,6 +107,7 @@ pub struct LocalGuard {
     cache: Mutex<PrefixCache>,
     notices: Vec<String>,
     generation: GenerationConfig,
+    chat_template: Option<crate::chat_template::ChatTemplate>,
 }
 
 /// A score-mode request ready to run.
@@ -156,8 +157,10 @@ impl LocalGuard {
                 reason: format!("preprocessor config of {}: {e}", dir.display()),
             })?;
         let generation = GenerationConfig::from_model_dir(dir)?;
+        let chat_template = crate::chat_template::ChatTemplate::from_model_dir(dir)?;
         let mut guard = Self::from_parts(loaded, tokenizer, preprocess, opts)?;
         guard.generation = generation;
+        guard.chat_template = chat_template;
         if source == ConfigSource::Defaults {
             let p = &guard.preprocess;
             guard.notices.push(format!(
@@ -240,6 +243,7 @@ impl LocalGuard {
             cache,
             notices,
             generation: GenerationConfig::default(),
+            chat_template: None,
         })
     }
 
@@ -684,6 +688,12 @@ impl LocalGuard {
             &self.preprocess,
             self.opts.max_image_tokens,
         )
+    }
+
+    /// The checkpoint's own chat template, used by [`LocalGuard::chat`] (`None`: the built-in
+    /// Qwen2.5-VL rendering).
+    pub fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// The checkpoint's `generation_config.json` (defaults when it has none).

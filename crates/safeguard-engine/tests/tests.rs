@@ -3,6 +3,7 @@
 mod batch_forward;
 mod batch_scheduler;
 mod chat;
+mod chat_template;
 mod common;
 mod decoding;
 mod loading;
