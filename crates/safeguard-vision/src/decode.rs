@@ -262,33 +262,32 @@ fn jpeg_needs_coefficient_buffer(bytes: &[u8]) -> bool {
     let mut i = 2; // after SOI
     let mut frame: Option<(bool, u8)> = None; // (progressive, components)
     loop {
-        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1;
-        }
-        match (bytes.get(i), bytes.get(i + 1)) {
-            (Some(0xFF), Some(0xDA)) => {
-                return match (frame, bytes.get(i + 4)) {
+        let Some((at, marker)) = next_marker(bytes, i) else {
+            return true;
+        };
+        match marker {
+            0xDA => {
+                return match (frame, bytes.get(at + 4)) {
                     (Some((progressive, components)), Some(&in_scan)) => {
                         progressive || in_scan < components
                     }
                     _ => true,
                 };
             }
-            (Some(0xFF), Some(0x01 | 0xD0..=0xD7)) => i += 2,
-            (Some(0xFF), Some(&marker)) => {
+            0x01 | 0xD0..=0xD7 => i = at + 2,
+            _ => {
                 if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
                     let progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
-                    match bytes.get(i + 9) {
+                    match bytes.get(at + 9) {
                         Some(&components) => frame = Some((progressive, components)),
                         None => return true,
                     }
                 }
-                match (bytes.get(i + 2), bytes.get(i + 3)) {
-                    (Some(&hi), Some(&lo)) => i += 2 + usize::from(u16::from_be_bytes([hi, lo])),
-                    _ => return true,
+                match segment_end(bytes, at) {
+                    Some(end) => i = end,
+                    None => return true,
                 }
             }
-            _ => return true,
         }
     }
 }
@@ -303,21 +302,43 @@ fn jpeg_needs_coefficient_buffer(bytes: &[u8]) -> bool {
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
     let mut i = 2; // after SOI
     loop {
-        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1; // fill bytes
-        }
-        match (bytes.get(i), bytes.get(i + 1)) {
-            (Some(0xFF), Some(0xDA)) => {
-                return bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]);
-            }
-            (Some(0xFF), Some(0x01 | 0xD0..=0xD7)) => i += 2,
-            (Some(0xFF), Some(_)) => match (bytes.get(i + 2), bytes.get(i + 3)) {
-                (Some(&hi), Some(&lo)) => i += 2 + usize::from(u16::from_be_bytes([hi, lo])),
-                _ => return false,
+        let Some((at, marker)) = next_marker(bytes, i) else {
+            return false;
+        };
+        match marker {
+            0xDA => return bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+            0x01 | 0xD0..=0xD7 => i = at + 2,
+            _ => match segment_end(bytes, at) {
+                Some(end) => i = end,
+                None => return false,
             },
-            _ => return false,
         }
     }
+}
+
+/// The next marker at or after `from`, as libjpeg's `next_marker` (`jdmarker.c`) finds it: bytes
+/// before an `FF` are skipped (libjpeg warns "extraneous bytes before marker" and goes on, and
+/// so does PIL), `FF` fill bytes are skipped, and `FF 00` is not a marker. Returns the offset of
+/// the `FF` right before the marker code, and the code.
+fn next_marker(bytes: &[u8], mut from: usize) -> Option<(usize, u8)> {
+    loop {
+        let ff = from + bytes.get(from..)?.iter().position(|&b| b == 0xFF)?;
+        let mut code_at = ff + 1;
+        while bytes.get(code_at) == Some(&0xFF) {
+            code_at += 1;
+        }
+        match *bytes.get(code_at)? {
+            0 => from = code_at + 1,
+            code => return Some((code_at - 1, code)),
+        }
+    }
+}
+
+/// The offset just past the segment whose marker's `FF` is at `at` (marker, then a big-endian
+/// length that counts itself), or `None` when the length is cut off.
+fn segment_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let length = u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]);
+    Some(at + 2 + usize::from(length))
 }
 
 /// Converts any decoded image to 8-bit RGB, compositing transparency onto opaque white.
@@ -412,6 +433,39 @@ mod tests {
         }
     }
 
+    /// libjpeg-turbo's fatal errors (its `error_exit` unwinds out of the C code) come back as
+    /// `Malformed` carrying libjpeg's message, whether raised while reading the header
+    /// (`jpeg_read_header`), starting the decompressor or reading scanlines.
+    #[test]
+    fn libjpeg_fatal_errors_are_malformed() {
+        let limits = DecodeLimits::default();
+        // SOS before any SOF: refused by `jpeg_read_header`.
+        let sos_first = [
+            0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00, 0xFF, 0xD9,
+        ];
+        let undefined_table: &[u8] =
+            include_bytes!("../tests/fixtures/corrupt-jpeg/sos_undefined_huffman_table.jpg");
+        let bad_sampling: &[u8] =
+            include_bytes!("../tests/fixtures/corrupt-jpeg/sof_sampling_5x5.jpg");
+        for (name, bytes) in [
+            ("SOS before SOF", &sos_first[..]),
+            ("undefined Huffman table", undefined_table),
+            ("bad sampling factors", bad_sampling),
+        ] {
+            // Run twice: the decompressor must be left in no state that breaks the next call.
+            for _ in 0..2 {
+                match decode_jpeg_like_pil(bytes, (32, 24), &limits) {
+                    Err(VisionError::Malformed { format, source }) => {
+                        assert_eq!(format, "Jpeg");
+                        let message = source.to_string();
+                        assert!(message.contains("libjpeg fatal error"), "{name}: {message}");
+                    }
+                    other => panic!("{name}: expected Malformed, got {other:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn jpeg_completeness_ignores_a_thumbnail_end_marker() {
         // SOI, an APP1 segment whose payload holds FF D9 (like an EXIF thumbnail), then SOS.
@@ -421,5 +475,19 @@ mod tests {
         jpeg.extend_from_slice(&[0xFF, 0xD9]);
         assert!(jpeg_is_complete(&jpeg));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF]));
+    }
+
+    #[test]
+    fn jpeg_marker_walk_skips_garbage_like_libjpeg() {
+        // SOI, garbage (with a stuffed FF 00), fill bytes, then SOS and EOI.
+        let jpeg = [
+            0xFF, 0xD8, 0x12, 0x34, 0xFF, 0x00, 0x56, 0xFF, 0xFF, 0xDA, 0x00, 0x03, 0x01, 0x00,
+            0xFF, 0xD9,
+        ];
+        assert_eq!(next_marker(&jpeg, 2), Some((8, 0xDA)));
+        assert!(jpeg_is_complete(&jpeg));
+        assert!(!jpeg_is_complete(&jpeg[..14]));
+        assert_eq!(next_marker(&[0xFF, 0xD8, 0x00, 0xFF], 2), None);
+        assert_eq!(segment_end(&[0xFF, 0xC4, 0x00], 0), None);
     }
 }

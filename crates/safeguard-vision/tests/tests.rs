@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod corrupt_jpeg;
 mod decode;
 mod mutated;
 mod parity;
