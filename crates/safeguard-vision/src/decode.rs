@@ -2,7 +2,10 @@
 
 use std::io::Cursor;
 
-use image::error::{DecodingError, ImageError, ImageFormatHint, LimitErrorKind};
+use image::error::{
+    DecodingError, ImageError, ImageFormatHint, LimitErrorKind, UnsupportedError,
+    UnsupportedErrorKind,
+};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
 
@@ -50,6 +53,14 @@ impl Default for DecodeLimits {
     }
 }
 
+/// Most scans a JPEG may have. Every scan of a progressive JPEG is a pass of the decoder over
+/// all of the image's blocks, and libjpeg accepts any number of them (repeating a scan is only a
+/// warning): 12 bytes per repeated scan of a flat 1024x1024 image cost PIL's libjpeg-turbo about
+/// 0.7 ms each, so a 1 MB file would take a minute of CPU. Encoders write about 10 (libjpeg's
+/// default progression) to a few dozen; `djpeg -maxscans` and `jpegtran -maxscans` exist
+/// for the same reason.
+pub const MAX_JPEG_SCANS: usize = 256;
+
 /// Decodes untrusted image bytes (JPEG, PNG, WebP, GIF first frame, BMP, TIFF) into 8-bit RGB.
 ///
 /// The format is sniffed from the bytes, not taken from a file name. The EXIF orientation is
@@ -79,6 +90,20 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
                 "truncated: no end-of-image marker after the scan data",
             )),
         });
+    }
+    if format == ImageFormat::Jpeg {
+        let scans = jpeg_scan_count(bytes, MAX_JPEG_SCANS + 1);
+        if scans > MAX_JPEG_SCANS {
+            return Err(VisionError::Unsupported(ImageError::Unsupported(
+                UnsupportedError::from_format_and_kind(
+                    ImageFormatHint::Exact(ImageFormat::Jpeg),
+                    UnsupportedErrorKind::GenericFeature(format!(
+                        "more than {MAX_JPEG_SCANS} scans (each scan is a pass over the whole \
+                         image)"
+                    )),
+                ),
+            )));
+        }
     }
 
     // Header first, with only the allocation limit: dimensions are checked by us below, so that
@@ -316,6 +341,33 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
+/// Start-of-scan markers in a JPEG stream, counting up to `stop` (then it stops looking).
+/// Marker segments are skipped by their length and entropy-coded data up to the next marker, as
+/// libjpeg reads them; counting ends at the end-of-image marker or the end of the bytes.
+fn jpeg_scan_count(bytes: &[u8], stop: usize) -> usize {
+    let mut i = 2; // after SOI
+    let mut scans = 0;
+    while scans < stop {
+        let Some((at, marker)) = next_marker(bytes, i) else {
+            break;
+        };
+        match marker {
+            0xD9 => break,
+            0x01 | 0xD0..=0xD7 => i = at + 2,
+            _ => {
+                if marker == 0xDA {
+                    scans += 1;
+                }
+                match segment_end(bytes, at) {
+                    Some(end) => i = end,
+                    None => break,
+                }
+            }
+        }
+    }
+    scans
+}
+
 /// The next marker at or after `from`, as libjpeg's `next_marker` (`jdmarker.c`) finds it: bytes
 /// before an `FF` are skipped (libjpeg warns "extraneous bytes before marker" and goes on, and
 /// so does PIL), `FF` fill bytes are skipped, and `FF 00` is not a marker. Returns the offset of
@@ -489,5 +541,38 @@ mod tests {
         assert!(!jpeg_is_complete(&jpeg[..14]));
         assert_eq!(next_marker(&[0xFF, 0xD8, 0x00, 0xFF], 2), None);
         assert_eq!(segment_end(&[0xFF, 0xC4, 0x00], 0), None);
+        assert_eq!(jpeg_scan_count(&jpeg, 10), 1);
+    }
+
+    /// A progressive JPEG whose last scan is repeated: libjpeg-turbo (and PIL) would decode it,
+    /// one pass over the image per scan; past `MAX_JPEG_SCANS` it is refused before decoding.
+    #[test]
+    fn jpeg_with_too_many_scans_is_refused() {
+        let jpeg: &[u8] = include_bytes!("../tests/fixtures/corrupt-jpeg/valid_progressive.jpg");
+        let scans = jpeg_scan_count(jpeg, usize::MAX);
+        assert!((2..20).contains(&scans), "{scans} scans");
+        let last = jpeg.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        let body = &jpeg[..jpeg.len() - 2];
+        let with_scans = |total: usize| {
+            let mut out = body.to_vec();
+            for _ in scans..total {
+                out.extend_from_slice(&body[last..]);
+            }
+            out.extend_from_slice(&[0xFF, 0xD9]);
+            out
+        };
+        let limits = DecodeLimits::default();
+        let at_limit = with_scans(MAX_JPEG_SCANS);
+        assert_eq!(jpeg_scan_count(&at_limit, usize::MAX), MAX_JPEG_SCANS);
+        assert_eq!(
+            decode_image(&at_limit, &limits).unwrap().dimensions(),
+            (32, 24)
+        );
+        match decode_image(&with_scans(MAX_JPEG_SCANS + 1), &limits) {
+            Err(VisionError::Unsupported(err)) => {
+                assert!(err.to_string().contains("scans"), "{err}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
     }
 }

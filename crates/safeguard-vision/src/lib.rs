@@ -38,7 +38,7 @@ pub use config::{
     ConfigSource, PreprocessConfig, CLIP_MEAN, CLIP_STD, MAX_TARGET_PIXELS, PREPROCESSOR_CONFIG,
     PROCESSOR_CONFIG,
 };
-pub use decode::{decode_image, DecodeLimits};
+pub use decode::{decode_image, DecodeLimits, MAX_JPEG_SCANS};
 pub use error::VisionError;
 pub use preprocess::{patchify, preprocess, Preprocessed};
 pub use resize::{resize_bicubic, smart_resize, MAX_ASPECT_RATIO};
