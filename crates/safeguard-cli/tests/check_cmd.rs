@@ -362,3 +362,50 @@ fn the_local_backend_warns_about_defaults_and_dtype_changes() {
     );
     assert!(!stderr.contains("processor_config.json"), "{stderr}");
 }
+
+/// `--template` chooses the prompt layout of the local backend; a template the remote backend
+/// cannot use is refused up front, and an unknown name lists the built-ins.
+#[test]
+fn templates_are_chosen_on_the_command_line() {
+    let image = tiny_guard().join("image-a.png");
+    let model = tiny_guard();
+    let base = [
+        "check",
+        image.to_str().unwrap(),
+        "--policy",
+        "L3",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+    ];
+    for template in ["plain", "safeguard-vl", "llavaguard"] {
+        let mut args = base.to_vec();
+        args.extend(["--template", template]);
+        let out = ok(&args);
+        let row: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let p = row["p_unsafe"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{template}: {row}"));
+        assert!((0.0..=1.0).contains(&p), "{template}: {row}");
+    }
+    let mut args = base.to_vec();
+    args.extend(["--template", "nope"]);
+    let err = fails(&args);
+    assert!(
+        err.contains("safeguard-vl") && err.contains("nope"),
+        "{err}"
+    );
+    let err = fails(&[
+        "check",
+        image.to_str().unwrap(),
+        "--backend",
+        "remote",
+        "--endpoint",
+        "http://127.0.0.1:9/v1",
+        "--remote-model",
+        "m",
+        "--template",
+        "plain",
+    ]);
+    assert!(err.contains("local backend only"), "{err}");
+}

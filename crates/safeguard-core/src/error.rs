@@ -174,6 +174,12 @@ pub enum Error {
         /// The model's whole output.
         output: String,
     },
+    /// A guard prompt template that cannot be used (see [`crate::template`]).
+    #[error("prompt template: {message}")]
+    Template {
+        /// What is wrong, naming the table or key.
+        message: String,
+    },
     /// An unknown value for a command-line or configuration choice.
     #[error("unknown {what} {value:?}; expected one of: {expected}")]
     UnknownChoice {

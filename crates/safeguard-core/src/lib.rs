@@ -4,6 +4,9 @@
 //!   Markdown, TOML or raw text, and the built-in [`policy::presets`].
 //! - [`prompt`]: renders a policy and an output [`Format`] into the Qwen2.5-VL chat template,
 //!   policy before image so that requests under one policy share a token prefix.
+//! - [`template`]: guard prompt templates ([`template::Template`]: SafeGuard's layout, the
+//!   published guards' layouts, or a TOML file): system prompt, placement of policy and image,
+//!   answer words, parser.
 //! - [`verdict`]: one parser for every guard output we meet (bare words, `<think>/<answer>`,
 //!   LlavaGuard JSON, Llama Guard, ShieldGemma), returning a [`Verdict`] or a typed
 //!   [`NoVerdict`] — never a silent default.
@@ -22,6 +25,7 @@ pub mod policy;
 pub mod predictions;
 pub mod prompt;
 pub mod reward;
+pub mod template;
 pub mod verdict;
 
 pub use error::{Error, Result};

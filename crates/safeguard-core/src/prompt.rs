@@ -189,18 +189,26 @@ impl RenderedPrompt {
     }
 }
 
-/// Renders `spec` into the Qwen2.5-VL chat template.
+/// Renders `spec` into the Qwen2.5-VL chat template with SafeGuard's own layout (the
+/// `safeguard` template).
 pub fn render(spec: &PromptSpec<'_>) -> RenderedPrompt {
-    let system = spec.system.unwrap_or(spec.format.system_prompt());
-    let question = spec.question.unwrap_or(DEFAULT_QUESTION);
-    let prefix = format!(
-        "{IM_START}system\n{system}{IM_END}\n{IM_START}user\nSafety policy:\n{}\n\n",
-        spec.policy.prompt_text()
+    render_with(crate::template::Template::default_template(), spec)
+        .expect("the safeguard template has every format")
+}
+
+/// Renders `spec` with `template` (see [`crate::template`]); fails when the template has no
+/// such format.
+pub fn render_with(
+    template: &crate::template::Template,
+    spec: &PromptSpec<'_>,
+) -> Result<RenderedPrompt, Error> {
+    let rendered = template.format(spec.format)?.render(
+        &spec.policy.prompt_text(),
+        spec.question,
+        spec.system,
     );
-    let suffix = format!(
-        "{} {}{IM_END}\n{IM_START}assistant\n",
-        question.trim(),
-        spec.format.instruction()
-    );
-    RenderedPrompt { prefix, suffix }
+    Ok(RenderedPrompt {
+        prefix: rendered.prefix,
+        suffix: rendered.suffix,
+    })
 }

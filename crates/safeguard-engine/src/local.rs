@@ -30,6 +30,7 @@ use candle_core::Tensor;
 use safeguard_core::guard::{Guard, GuardRequest, Judgement, RuleResult, RuleStatus};
 use safeguard_core::policy::{Policy, Rule, Stance};
 use safeguard_core::prompt::{self, Format, PromptSpec};
+use safeguard_core::template::{FormatTemplate, Template};
 use safeguard_core::{Assessment, Error};
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
 use safeguard_vision::{
@@ -70,6 +71,8 @@ pub struct LocalGuardOptions {
     pub max_image_tokens: Option<usize>,
     /// How attention is computed (eager or tiled; `Auto` tiles large inputs).
     pub attention: safeguard_model::layers::AttentionMode,
+    /// The guard prompt layout (default: SafeGuard's own, policy before the image).
+    pub template: Template,
 }
 
 impl Default for LocalGuardOptions {
@@ -84,6 +87,7 @@ impl Default for LocalGuardOptions {
             max_new_tokens: 512,
             max_image_tokens: None,
             attention: safeguard_model::layers::AttentionMode::Auto,
+            template: Template::default_template().clone(),
         }
     }
 }
@@ -217,9 +221,16 @@ impl LocalGuard {
         }
         loaded.model.set_attention_mode(opts.attention);
         let special = tokenizer.special();
+        // Score mode compares the first tokens of the template's answer words.
+        let (safe, unsafe_) = match opts.template.format(Format::Verdict) {
+            Ok(f) => answer_pair(&tokenizer, &f.safe, &f.unsafe_)?,
+            // Without a verdict format there is no score mode: requests for it fail when
+            // rendered, naming the template's formats.
+            Err(_) => (u32::MAX, u32::MAX),
+        };
         let answers = AnswerTokens {
-            safe: tokenizer.answer_token("safe")?,
-            unsafe_: tokenizer.answer_token("unsafe")?,
+            safe,
+            unsafe_,
             stop: [special.im_end, special.endoftext],
         };
         let cache = Mutex::new(PrefixCache::new(opts.prefix_cache_bytes));
@@ -342,7 +353,7 @@ impl LocalGuard {
 
     /// The tokens of the prompt prefix (system prompt and policy, up to the image).
     fn prefix_ids(&self, policy: &Policy, format: Format) -> Result<Vec<u32>, Error> {
-        let rendered = prompt::render(&PromptSpec::new(policy, format));
+        let rendered = prompt::render_with(&self.opts.template, &PromptSpec::new(policy, format))?;
         self.tokenizer
             .encode(&rendered.prefix)
             .map_err(backend_error)
@@ -377,7 +388,7 @@ impl LocalGuard {
             ..PromptSpec::new(policy, format)
         };
         self.tokenizer
-            .encode(&prompt::render(&spec).suffix)
+            .encode(&prompt::render_with(&self.opts.template, &spec)?.suffix)
             .map_err(backend_error)
     }
 
@@ -610,7 +621,8 @@ impl LocalGuard {
             stop_tokens: self.stop_tokens(),
             ..self.generation.generate_defaults()
         };
-        let mut scorer = AnswerScorer::new(&self.tokenizer, format);
+        let asked = self.opts.template.format(format)?;
+        let mut scorer = AnswerScorer::new(&self.tokenizer, format, asked);
         let generation = generate_with(
             &self.loaded.model,
             &full,
@@ -624,7 +636,7 @@ impl LocalGuard {
             .decode(&generation.tokens, true)
             .map_err(backend_error)?;
         let p_unsafe = scorer.p_unsafe;
-        let parsed = safeguard_core::verdict::parse(&text, format.dialect());
+        let parsed = safeguard_core::verdict::parse(&text, asked.parser);
         let mut judgement = Judgement {
             verdict: Assessment::Unassessed,
             p_unsafe,
@@ -729,6 +741,35 @@ impl LocalGuard {
     }
 }
 
+/// The token ids score mode compares for the answer words `safe` and `unsafe`: each word's only
+/// token, or its first token when it takes several (`Unsafe` may be `Un` + `safe`), as long as
+/// the two first tokens differ.
+fn answer_pair(
+    tokenizer: &QwenTokenizer,
+    safe: &str,
+    unsafe_: &str,
+) -> Result<(u32, u32), EngineError> {
+    let first = |word: &str| -> Result<u32, EngineError> {
+        tokenizer
+            .encode(word)?
+            .first()
+            .copied()
+            .ok_or_else(|| EngineError::Input {
+                reason: format!("answer word {word:?} encodes to no token"),
+            })
+    };
+    let (s, u) = (first(safe)?, first(unsafe_)?);
+    if s == u {
+        return Err(EngineError::Input {
+            reason: format!(
+                "the answer words {safe:?} and {unsafe_:?} start with the same token ({s}): score \
+                 mode cannot tell them apart; choose other words in the template"
+            ),
+        });
+    }
+    Ok((s, u))
+}
+
 /// Prohibited rules of `policy` named by the output: a category id (`O3`, `O3: Sexual
 /// Content`), or a rule id written as a word in the rationale.
 fn rules_named(policy: &Policy, categories: &[String], rationale: &Option<String>) -> Vec<String> {
@@ -758,6 +799,7 @@ fn rules_named(policy: &Policy, categories: &[String], rationale: &Option<String
 struct AnswerScorer<'a> {
     tokenizer: &'a QwenTokenizer,
     format: Format,
+    asked: &'a FormatTemplate,
     tokens: Vec<u32>,
     text_len: usize,
     p_unsafe: Option<f64>,
@@ -765,10 +807,11 @@ struct AnswerScorer<'a> {
 }
 
 impl<'a> AnswerScorer<'a> {
-    fn new(tokenizer: &'a QwenTokenizer, format: Format) -> Self {
+    fn new(tokenizer: &'a QwenTokenizer, format: Format, asked: &'a FormatTemplate) -> Self {
         Self {
             tokenizer,
             format,
+            asked,
             tokens: Vec::new(),
             text_len: 0,
             p_unsafe: None,
@@ -776,13 +819,9 @@ impl<'a> AnswerScorer<'a> {
         }
     }
 
-    /// (safe word, unsafe word) of the format.
-    fn words(&self) -> (&'static str, &'static str) {
-        match self.format {
-            Format::Verdict => ("safe", "unsafe"),
-            Format::Reasoning => ("yes", "no"),
-            Format::Json => ("Safe", "Unsafe"),
-        }
+    /// (safe word, unsafe word) of the template's format.
+    fn words(&self) -> (&'a str, &'a str) {
+        (&self.asked.safe, &self.asked.unsafe_)
     }
 
     fn step(&mut self, logits: &[f32], token: u32) {

@@ -11,5 +11,6 @@ mod local_guard;
 mod non_finite;
 mod parity;
 mod repetition_penalty;
+mod templates;
 mod tokenizer;
 mod transformers_versions;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use safeguard_core::guard::{apply_on_unparsable, Guard, Judgement};
+use safeguard_core::template::Template;
 use safeguard_core::verdict::OnUnparsable;
 use safeguard_core::{Error, Format};
 use safeguard_engine::hub::{resolve_model, HubOptions};
@@ -105,6 +106,11 @@ pub struct BackendArgs {
     /// online softmax where the scores would be large), eager or tiled.
     #[arg(long, value_enum, default_value = "auto", env = "SAFEGUARD_ATTENTION")]
     pub attention: Attention,
+    /// Guard prompt layout of the local backend: safeguard (policy before the image, the
+    /// prefix cache covers the policy), plain, safeguard-vl, llavaguard, or a template file
+    /// (TOML; docs/guard.md, "Prompt templates").
+    #[arg(long, default_value = "safeguard", env = "SAFEGUARD_TEMPLATE")]
+    pub template: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -189,6 +195,13 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
         None => String::new(),
     };
     match backend {
+        Backend::Lite | Backend::Remote if args.template != Template::SAFEGUARD => {
+            bail!(
+                "--template {} applies to the local backend only (the {} backend asks in SafeGuard's own layout)",
+                args.template,
+                if backend == Backend::Lite { "lite" } else { "remote" }
+            );
+        }
         Backend::Lite => {
             eprintln!(
                 "backend: lite (embedded open_nsfw; judges only the sexual/nudity rules of a policy; \
@@ -238,6 +251,7 @@ pub fn build(args: &BackendArgs) -> anyhow::Result<Built> {
                 max_new_tokens: args.max_new_tokens,
                 max_image_tokens: args.max_image_tokens,
                 attention: args.attention.mode(),
+                template: Template::load(&args.template).context("--template")?,
             };
             let guard = LocalGuard::load(&dir, opts)
                 .with_context(|| format!("cannot load the model in {}", dir.display()))?;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use safeguard_core::guard::{Guard, GuardRequest};
 use safeguard_core::prompt::{self, PromptSpec};
+use safeguard_core::template::Template;
 use safeguard_core::{Error, Format, Policy};
 use safeguard_engine::hub::{resolve_model, HubOptions};
 use safeguard_engine::shapes::{fit_tokenizer, named_shape, random_model};
@@ -102,6 +103,10 @@ pub struct BenchArgs {
     /// Do not ask the per-rule questions in score mode.
     #[arg(long)]
     pub no_rules: bool,
+    /// Guard prompt layout: safeguard, plain, safeguard-vl, llavaguard or a template file.
+    /// With the image first, the prefix cache holds only the system prompt.
+    #[arg(long, default_value = "safeguard")]
+    pub template: String,
     /// Write every number and the machine info to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -180,6 +185,7 @@ fn build_guard(args: &BenchArgs) -> anyhow::Result<(LocalGuard, PreprocessConfig
         prefix_cache_bytes: args.prefix_cache_mb << 20,
         rules: !args.no_rules,
         max_new_tokens: args.max_new_tokens,
+        template: Template::load(&args.template).context("--template")?,
         ..LocalGuardOptions::default()
     };
     let (loaded, tokenizer, mut preprocess, described) = match (&args.model, &args.shape) {
@@ -223,11 +229,15 @@ fn build_guard(args: &BenchArgs) -> anyhow::Result<(LocalGuard, PreprocessConfig
 
 fn prompt_tokens(
     tokenizer: &QwenTokenizer,
+    template: &Template,
     policy: &Policy,
     rules: bool,
 ) -> anyhow::Result<PromptTokens> {
+    // A format the template does not have counts 0 tokens (its runs fail, naming the template).
     let len = |spec: &PromptSpec<'_>, prefix: bool| -> anyhow::Result<usize> {
-        let r = prompt::render(spec);
+        let Ok(r) = prompt::render_with(template, spec) else {
+            return Ok(0);
+        };
         Ok(tokenizer
             .encode(if prefix { &r.prefix } else { &r.suffix })?
             .len())
@@ -421,7 +431,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Ok(pre.grid_thw.iter().product::<usize>() / merge + 2)
         })
         .collect::<anyhow::Result<Vec<usize>>>()?;
-    let tokens = prompt_tokens(guard.tokenizer(), &policy, !args.no_rules)?;
+    let template = Template::load(&args.template).context("--template")?;
+    let tokens = prompt_tokens(guard.tokenizer(), &template, &policy, !args.no_rules)?;
     print_header(&args, &policy, &files, &image_tokens, &tokens);
     let images: Vec<Vec<u8>> = files.iter().map(|(_, b)| b.clone()).collect();
     let work = Workload {
@@ -522,6 +533,23 @@ fn print_header(
         args.repeat,
         args.max_pixels,
         image_tokens
+    );
+    let image_first = Template::load(&args.template)
+        .ok()
+        .and_then(|t| {
+            t.format(Format::Verdict)
+                .ok()
+                .map(|f| !f.policy_before_image())
+        })
+        .unwrap_or(false);
+    println!(
+        "template {}: {}",
+        args.template,
+        if image_first {
+            "image before the policy, so the prefix cache holds only the system prompt"
+        } else {
+            "policy before the image, so the prefix cache holds the policy"
+        }
     );
     println!(
         "policy {}: prefix {} tokens (score) / {} (reason); question {} / {} tokens",

@@ -127,7 +127,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         threshold: args.judging.threshold,
         format: args.judging.mode.format(),
         on_unparsable: args.judging.on_unparsable,
-        backend: built.guard.name().to_string(),
+        // A run's numbers depend on the prompt layout: run.json records a non-default one.
+        backend: if args.backend.template == "safeguard" {
+            built.guard.name().to_string()
+        } else {
+            format!(
+                "{} (template {})",
+                built.guard.name(),
+                args.backend.template
+            )
+        },
         model: built.model.clone(),
         dataset_path: path,
         name: args.name,

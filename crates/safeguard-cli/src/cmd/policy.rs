@@ -30,6 +30,9 @@ pub enum PolicyCommand {
         /// Ask about one rule of the policy only (the question the guard scores for rules hit).
         #[arg(long, value_name = "RULE")]
         rule: Option<String>,
+        /// Guard prompt layout: safeguard, plain, safeguard-vl, llavaguard or a template file.
+        #[arg(long, default_value = "safeguard")]
+        template: String,
     },
 }
 
@@ -92,8 +95,10 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             format,
             question,
             rule,
+            template,
         } => {
             let policy = policy.load()?;
+            let template = safeguard_core::template::Template::load(&template)?;
             let question = match rule {
                 Some(id) => {
                     let rule = policy
@@ -107,7 +112,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 question: question.as_deref(),
                 ..PromptSpec::new(&policy, format)
             };
-            print!("{}", prompt::render(&spec).text());
+            print!("{}", prompt::render_with(&template, &spec)?.text());
             Ok(ExitCode::SUCCESS)
         }
     }
