@@ -131,3 +131,72 @@ fn a_template_that_drops_images_is_an_error() {
     let err = t.render(&conversations()[0], true).unwrap_err().to_string();
     assert!(err.contains("0 image placeholders for 1 images"), "{err}");
 }
+
+/// Our rendering of the stock and of a fine-tune's template equals transformers'
+/// `apply_chat_template` (`scripts/fixtures/chat_template_reference.py`): text and token ids,
+/// for one image, a system message, a multi-turn chat with two images and text only.
+#[test]
+fn templates_render_as_transformers_renders_them() {
+    use safeguard_engine::tokenizer::QwenTokenizer;
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat-templates");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("reference.json")).unwrap())
+            .unwrap();
+    let tokenizer = QwenTokenizer::from_file(&tiny_guard().join("tokenizer.json")).unwrap();
+    let mut cases = 0;
+    for (name, t) in reference["templates"].as_object().unwrap() {
+        let path = fixtures.join(t["file"].as_str().unwrap());
+        let template =
+            ChatTemplate::new(std::fs::read_to_string(&path).unwrap(), path.clone()).unwrap();
+        for case in t["cases"].as_array().unwrap() {
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let role = match m["role"].as_str().unwrap() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        _ => Role::Assistant,
+                    };
+                    let parts = match &m["content"] {
+                        serde_json::Value::String(s) => vec![Part::Text(s.clone())],
+                        parts => parts
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|p| match p["type"].as_str().unwrap() {
+                                // One pad per image, as the un-expanded text holds.
+                                "image" => Part::Image { tokens: 1 },
+                                _ => Part::Text(p["text"].as_str().unwrap().to_string()),
+                            })
+                            .collect(),
+                    };
+                    Message { role, parts }
+                })
+                .collect();
+            let text = template.render(&messages, true).unwrap();
+            let conversation = case["conversation"].as_str().unwrap();
+            assert_eq!(
+                text,
+                case["text"].as_str().unwrap(),
+                "{name}/{conversation}"
+            );
+            let ids: Vec<u64> = tokenizer
+                .encode(&text)
+                .unwrap()
+                .into_iter()
+                .map(u64::from)
+                .collect();
+            let expected: Vec<u64> = case["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "{name}/{conversation}");
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 8);
+}
