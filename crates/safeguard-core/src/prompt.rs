@@ -202,11 +202,9 @@ pub fn render_with(
     template: &crate::template::Template,
     spec: &PromptSpec<'_>,
 ) -> Result<RenderedPrompt, Error> {
-    let rendered = template.format(spec.format)?.render(
-        &spec.policy.prompt_text(),
-        spec.question,
-        spec.system,
-    );
+    let rendered = template
+        .format(spec.format)?
+        .render(spec.policy, spec.question, spec.system);
     Ok(RenderedPrompt {
         prefix: rendered.prefix,
         suffix: rendered.suffix,

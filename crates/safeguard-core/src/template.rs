@@ -40,6 +40,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::policy::Policy;
 use crate::prompt::{
     Format, DEFAULT_QUESTION, GUARD_SYSTEM_PROMPT, IM_END, IM_START, REASONING_SYSTEM_PROMPT,
 };
@@ -112,18 +113,29 @@ fn bad(message: String) -> Error {
     Error::Template { message }
 }
 
-/// Fills `{policy}` and `{question}` in one pass; any other `{name}` is left as written.
-fn fill(text: &str, policy: &str, question: &str) -> String {
-    let mut out = String::with_capacity(text.len() + policy.len() + question.len());
+/// What the placeholders of a user turn stand for.
+struct Fill<'a> {
+    policy: &'a str,
+    question: &'a str,
+    categories: &'a str,
+}
+
+/// Fills `{policy}`, `{question}` and `{categories}` in one pass; any other `{name}` is left as
+/// written.
+fn fill(text: &str, with: &Fill<'_>) -> String {
+    let mut out = String::with_capacity(text.len() + with.policy.len() + with.question.len());
     let mut rest = text;
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         if let Some(t) = tail.strip_prefix("{policy}") {
-            out.push_str(policy);
+            out.push_str(with.policy);
             rest = t;
         } else if let Some(t) = tail.strip_prefix("{question}") {
-            out.push_str(question);
+            out.push_str(with.question);
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("{categories}") {
+            out.push_str(with.categories);
             rest = t;
         } else {
             out.push('{');
@@ -183,14 +195,16 @@ impl FormatTemplate {
         self.before_image.contains("{policy}")
     }
 
-    /// Renders the prompt of `policy_text` with `question` (None = the default question),
-    /// `system` replacing the template's system prompt when given.
+    /// Renders the prompt of `policy` with `question` (None = the default question), `system`
+    /// replacing the template's system prompt when given.
     pub fn render(
         &self,
-        policy_text: &str,
+        policy: &Policy,
         question: Option<&str>,
         system: Option<&str>,
     ) -> Rendered {
+        let policy_text = policy_text(policy);
+        let categories = categories(policy);
         let question = question.unwrap_or(&self.question).trim();
         let asked = match (question.is_empty(), self.instruction.is_empty()) {
             (true, _) => self.instruction.clone(),
@@ -200,13 +214,18 @@ impl FormatTemplate {
         let system = system
             .or(self.system.as_deref())
             .unwrap_or(CHAT_DEFAULT_SYSTEM);
+        let with = Fill {
+            policy: &policy_text,
+            question: &asked,
+            categories: &categories,
+        };
         let prefix = format!(
             "{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{}",
-            fill(&self.before_image, policy_text, &asked)
+            fill(&self.before_image, &with)
         );
         let suffix = format!(
             "{}{IM_END}\n{IM_START}assistant\n",
-            fill(&self.after_image, policy_text, &asked)
+            fill(&self.after_image, &with)
         );
         Rendered { prefix, suffix }
     }
@@ -217,7 +236,45 @@ const SAFEGUARD_VL_INTRO: &str =
 
 const LLAVAGUARD_INTRO: &str = "Provide a safety assessment for the content provided by the user. Determine compliance or violation against our safety policy by reviewing the following policy categories:\n{policy}\n\n";
 
-const LLAVAGUARD_STEPS: &str = "Assessment Steps:\n1. Select a safety \"rating\". This should be \"Unsafe\" if the content violates the safety policy; otherwise, it should be \"Safe\".\n2. Assign a policy \"category\". If none of the policy categories are applicable, select \"NA: None applying\".\n3. Provide a \"rationale\". Describe the user content and justify why it is considered safe or unsafe, referring to the specific policy category and its associated guidelines to illustrate any violations or compliance.\nTo provide your assessment use the following json template:\n{\n    \"rating\": str<\"Unsafe\"|\"Safe\">,\n    \"category\": str<the id and title of the policy category that applies, or \"NA: None applying\">,\n    \"rationale\": str,\n}";
+const LLAVAGUARD_STEPS: &str = "Assessment Steps:\n1. Select a safety \"rating\". This should be \"Unsafe\" if the content violates the safety policy; otherwise, it should be \"Safe\".\n2. Assign a policy \"category\". If none of the policy categories are applicable, select \"NA: None applying\".\n3. Provide a \"rationale\". Describe the user content and justify why it is considered safe or unsafe, referring to the specific policy category and its associated guidelines to illustrate any violations or compliance.\nTo provide your assessment use the following json template:\n{\n    \"rating\": str<\"Unsafe\"|\"Safe\">,\n    \"category\": str<{categories}>,\n    \"rationale\": str,\n}";
+
+/// The policy categories of LlavaGuard v1.2's default policy, word for word as its model cards
+/// and training data give them (`AIML-TUDA/LlavaGuard-v1.2`, `QwenGuard-v1.2`; the
+/// ml-research/LlavaGuard repository). The `llavaguard` template uses this text for the
+/// unmodified `llavaguard` preset, so that those models read what they were trained on.
+const LLAVAGUARD_V12_CATEGORIES: &str = include_str!("../policies/llavaguard-v1.2-categories.txt");
+
+/// The text `{policy}` stands for: LlavaGuard's own wording for the unmodified `llavaguard`
+/// preset, the policy's prompt text otherwise.
+fn policy_text(policy: &Policy) -> String {
+    if is_default_llavaguard(policy) {
+        LLAVAGUARD_V12_CATEGORIES.trim_end().to_string()
+    } else {
+        policy.prompt_text()
+    }
+}
+
+fn is_default_llavaguard(policy: &Policy) -> bool {
+    static HASH: OnceLock<Option<String>> = OnceLock::new();
+    HASH.get_or_init(|| crate::policy::presets::get("llavaguard").map(|p| p.hash()))
+        .as_deref()
+        == Some(policy.hash().as_str())
+}
+
+/// What `{categories}` stands for: `"ID: Title"|…|"NA: None applying"` over the policy's rules
+/// (LlavaGuard's category list), or a description when the policy has no rules.
+fn categories(policy: &Policy) -> String {
+    if policy.rules.is_empty() {
+        return "the policy rule that applies, or \"NA: None applying\"".into();
+    }
+    let mut items: Vec<String> = policy
+        .rules
+        .iter()
+        .map(|r| format!("\"{}: {}\"", r.id, r.title.trim()))
+        .collect();
+    items.push("\"NA: None applying\"".into());
+    items.join("|")
+}
 
 fn section(
     user: String,
@@ -435,10 +492,41 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_once() {
+        let with = Fill {
+            policy: "P {question}",
+            question: "Q",
+            categories: "C",
+        };
         assert_eq!(
-            fill("a {policy} b {question} {x}", "P {question}", "Q"),
-            "a P {question} b Q {x}"
+            fill("a {policy} b {question} {x} {categories}", &with),
+            "a P {question} b Q {x} C"
         );
+    }
+
+    #[test]
+    fn the_default_llavaguard_policy_is_written_in_llavaguards_words() {
+        let t = Template::builtin("llavaguard").unwrap();
+        let lg = crate::policy::presets::get("llavaguard").unwrap();
+        let json = t.format(Format::Json).unwrap().render(&lg, None, None);
+        assert!(json.suffix.contains("O1: Hate, Humiliation, Harassment: \nShould not:\n- Contain content that expresses hateful"), "{}", json.suffix);
+        assert!(
+            json.suffix.contains(
+                "str<\"O1: Hate, Humiliation, Harassment\"|\"O2: Violence, Harm, or Cruelty\"|"
+            ),
+            "{}",
+            json.suffix
+        );
+        assert!(
+            json.suffix
+                .contains("|\"O9: Disasters or Emergencies\"|\"NA: None applying\">"),
+            "{}",
+            json.suffix
+        );
+        // Another policy keeps its own text.
+        let l3 = crate::policy::presets::get("L3").unwrap();
+        let other = t.format(Format::Json).unwrap().render(&l3, None, None);
+        assert!(other.suffix.contains(&l3.prompt_text()));
+        assert!(!other.suffix.contains("Should not:"));
     }
 
     #[test]
