@@ -142,6 +142,31 @@ pub async fn serve_loading(
 }
 
 /// Completes on Ctrl-C or SIGTERM: the usual `shutdown` argument of [`serve`].
+/// Registers the SIGTERM and SIGINT handlers **now** and returns a future that completes on the
+/// first of them. Unlike [`shutdown_signal`], whose handlers exist only once it is first polled,
+/// a signal that arrives between this call and the first poll is not lost (nor does it kill the
+/// process with the default action), so a server can announce itself right after calling it.
+pub fn shutdown_signal_now() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

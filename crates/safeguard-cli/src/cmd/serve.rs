@@ -150,6 +150,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let early = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
+        // Signal handlers first: a SIGTERM right after the announcement below must stop the
+        // server cleanly, not kill it with the default action.
+        let stop =
+            safeguard_server::shutdown_signal_now().context("cannot install signal handlers")?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
         eprintln!("listening on http://{local}");
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
         let loading = tokio::spawn(safeguard_server::serve_loading(early, async move {
@@ -162,7 +174,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
         let loaded = tokio::select! {
             loaded = load => loaded,
-            () = safeguard_server::shutdown_signal() => {
+            () = stopped(stop_rx.clone()) => {
                 eprintln!("stopped while loading");
                 return anyhow::Ok(());
             }
@@ -172,13 +184,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (state, router) = loaded.context("the loading task failed")??;
         eprintln!("ready: serving {}", state.model);
         let listener = tokio::net::TcpListener::from_std(socket)?;
-        safeguard_server::serve_router(
-            listener,
-            router,
-            state,
-            safeguard_server::shutdown_signal(),
-        )
-        .await?;
+        safeguard_server::serve_router(listener, router, state, stopped(stop_rx)).await?;
         eprintln!("stopped");
         anyhow::Ok(())
     });
