@@ -1,9 +1,10 @@
 //! A checkpoint's own chat template, rendered as transformers renders it.
 //!
 //! Fine-tunes may ship a chat template of their own (another default system prompt, other
-//! turn markers): `chat_template.jinja` (transformers ≥ 4.43 and v5 write it) or the
-//! `chat_template` key of `tokenizer_config.json` (a string, or a list of named templates of
-//! which `default` is used). [`ChatTemplate`] renders it with minijinja under the settings of
+//! turn markers): `chat_template.jinja` (transformers ≥ 4.43 and v5 write it), else
+//! `chat_template.json` (`{"chat_template": …}`, a 4.4x processor's, as the Qwen2.5-VL releases
+//! ship), else the `chat_template` key of `tokenizer_config.json` (a string, or a list of named
+//! templates of which `default` is used). [`ChatTemplate`] renders it with minijinja under the settings of
 //! transformers' `apply_chat_template`: `trim_blocks` and `lstrip_blocks` on, loop controls,
 //! `tojson`, `raise_exception`, and the variables `messages` (HF's format: `role`, and
 //! `content` as a list of `{"type": "text", "text"}` / `{"type": "image"}` parts),
@@ -26,6 +27,8 @@ use crate::EngineError;
 
 /// `chat_template.jinja`.
 pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+/// `chat_template.json` (a processor's template, as transformers 4.4x saved it).
+pub const CHAT_TEMPLATE_JSON: &str = "chat_template.json";
 
 /// A compiled chat template and where it came from.
 #[derive(Debug)]
@@ -67,6 +70,19 @@ impl ChatTemplate {
         if file.is_file() {
             let text = crate::weights::read_to_string(&file)?;
             return Self::new(text, file).map(Some);
+        }
+        // transformers 4.4x processors save the template as {"chat_template": "..."}.
+        let processor_file = dir.join(CHAT_TEMPLATE_JSON);
+        if processor_file.is_file() {
+            let text = crate::weights::read_to_string(&processor_file)?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| EngineError::Json {
+                    path: processor_file.clone(),
+                    source,
+                })?;
+            if let Some(source) = value["chat_template"].as_str() {
+                return Self::new(source.to_string(), processor_file).map(Some);
+            }
         }
         let config = dir.join("tokenizer_config.json");
         if !config.is_file() {
@@ -210,6 +226,33 @@ mod tests {
         );
         assert!(expand_image_pads(&text, &[2]).is_err());
         assert!(expand_image_pads("no image", &[]).is_ok());
+    }
+
+    #[test]
+    fn the_files_are_looked_up_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ChatTemplate::from_model_dir(dir.path()).unwrap().is_none());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "from tokenizer_config"}]}"#,
+        )
+        .unwrap();
+        let render = |dir: &Path| {
+            ChatTemplate::from_model_dir(dir)
+                .unwrap()
+                .unwrap()
+                .render(&[], false)
+                .unwrap()
+        };
+        assert_eq!(render(dir.path()), "from tokenizer_config");
+        std::fs::write(
+            dir.path().join(CHAT_TEMPLATE_JSON),
+            r#"{"chat_template": "from chat_template.json"}"#,
+        )
+        .unwrap();
+        assert_eq!(render(dir.path()), "from chat_template.json");
+        std::fs::write(dir.path().join(CHAT_TEMPLATE_FILE), "from the jinja file").unwrap();
+        assert_eq!(render(dir.path()), "from the jinja file");
     }
 
     #[test]
