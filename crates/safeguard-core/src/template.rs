@@ -68,6 +68,9 @@ pub struct FormatTemplate {
     pub unsafe_: String,
     /// How the answer is parsed.
     pub parser: Dialect,
+    /// Write the unmodified `llavaguard` preset in LlavaGuard v1.2's own words (the
+    /// `llavaguard` built-in only; every other template writes every policy as it is).
+    llavaguard_wording: bool,
 }
 
 /// A guard prompt layout (see the module docs).
@@ -186,6 +189,7 @@ impl FormatTemplate {
             safe,
             unsafe_,
             parser,
+            llavaguard_wording: false,
         })
     }
 
@@ -203,8 +207,18 @@ impl FormatTemplate {
         question: Option<&str>,
         system: Option<&str>,
     ) -> Rendered {
-        let policy_text = policy_text(policy);
-        let categories = categories(policy);
+        let policy_text = if self.llavaguard_wording && is_default_llavaguard(policy) {
+            LLAVAGUARD_V12_CATEGORIES.trim_end().to_string()
+        } else {
+            policy.prompt_text()
+        };
+        let uses_categories = |t: &str| t.contains("{categories}");
+        let categories =
+            if uses_categories(&self.before_image) || uses_categories(&self.after_image) {
+                categories(policy)
+            } else {
+                String::new()
+            };
         let question = question.unwrap_or(&self.question).trim();
         let asked = match (question.is_empty(), self.instruction.is_empty()) {
             (true, _) => self.instruction.clone(),
@@ -244,21 +258,15 @@ const LLAVAGUARD_STEPS: &str = "Assessment Steps:\n1. Select a safety \"rating\"
 /// unmodified `llavaguard` preset, so that those models read what they were trained on.
 const LLAVAGUARD_V12_CATEGORIES: &str = include_str!("../policies/llavaguard-v1.2-categories.txt");
 
-/// The text `{policy}` stands for: LlavaGuard's own wording for the unmodified `llavaguard`
-/// preset, the policy's prompt text otherwise.
-fn policy_text(policy: &Policy) -> String {
-    if is_default_llavaguard(policy) {
-        LLAVAGUARD_V12_CATEGORIES.trim_end().to_string()
-    } else {
-        policy.prompt_text()
-    }
-}
-
+/// Whether `policy` is the `llavaguard` preset without switched categories (by name first, so
+/// that other policies are not hashed on every render).
 fn is_default_llavaguard(policy: &Policy) -> bool {
     static HASH: OnceLock<Option<String>> = OnceLock::new();
-    HASH.get_or_init(|| crate::policy::presets::get("llavaguard").map(|p| p.hash()))
-        .as_deref()
-        == Some(policy.hash().as_str())
+    policy.name == "llavaguard"
+        && HASH
+            .get_or_init(|| crate::policy::presets::get("llavaguard").map(|p| p.hash()))
+            .as_deref()
+            == Some(policy.hash().as_str())
 }
 
 /// What `{categories}` stands for: `"ID: Title"|…|"NA: None applying"` over the policy's rules
@@ -458,7 +466,13 @@ impl Template {
             }
             other => unreachable!("no built-in template {other}"),
         }
-        Self::from_raw(raw).expect("built-in templates are valid")
+        let mut template = Self::from_raw(raw).expect("built-in templates are valid");
+        if name == "llavaguard" {
+            for f in template.formats.values_mut() {
+                f.llavaguard_wording = true;
+            }
+        }
+        template
     }
 
     /// How `format` is asked for, or an error naming the formats this template has.
@@ -522,6 +536,13 @@ mod tests {
             "{}",
             json.suffix
         );
+        // Other templates write the same preset in its own text.
+        let ours = Template::default_template()
+            .format(Format::Json)
+            .unwrap()
+            .render(&lg, None, None);
+        assert!(ours.prefix.contains(&lg.prompt_text()), "{}", ours.prefix);
+        assert!(!ours.prefix.contains("Should not:"));
         // Another policy keeps its own text.
         let l3 = crate::policy::presets::get("L3").unwrap();
         let other = t.format(Format::Json).unwrap().render(&l3, None, None);

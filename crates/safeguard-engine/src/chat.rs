@@ -30,7 +30,7 @@ use candle_core::Tensor;
 use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
 use safeguard_vision::VisionError;
 
-use crate::sampling::{check_logits, Sampler, SamplingParams, TokenHistory};
+use crate::sampling::{Sampler, SamplingParams, TokenHistory};
 pub use crate::tokenizer::Role;
 use crate::tokenizer::{render_chat, Message, Part, IMAGE_PAD, VISION_END, VISION_START};
 use crate::{EngineError, LocalGuard};
@@ -455,19 +455,21 @@ impl LocalGuard {
             }
         };
         loop {
-            let row = logits.to_vec1::<f32>()?;
-            check_logits(&row)?;
-            let mut penalized = row.clone();
-            sampler.penalize(&mut penalized, &history);
-            let chosen = sampler.sample(&penalized)?;
+            let mut row = logits.to_vec1::<f32>()?;
+            // The raw distribution is kept only for the log-probabilities (reported before
+            // penalties, as vLLM does). `sample` refuses a NaN or +inf logit, which the
+            // penalties keep as they are.
+            let raw = req.logprobs.map(|_| row.clone());
+            sampler.penalize(&mut row, &history);
+            let chosen = sampler.sample(&row)?;
             history.push(chosen.token);
             out.completion_ids.push(chosen.token);
             if stop_ids.contains(&chosen.token) {
                 out.finish_reason = FinishReason::Stop;
                 break;
             }
-            if let Some(k) = req.logprobs {
-                out.logprobs.push(self.token_logprob(&row, chosen.token, k));
+            if let (Some(k), Some(raw)) = (req.logprobs, &raw) {
+                out.logprobs.push(self.token_logprob(raw, chosen.token, k));
             }
             answer.push(chosen.token);
             let decoded = self.tokenizer().decode(&answer, true)?;

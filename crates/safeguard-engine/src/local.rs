@@ -95,8 +95,9 @@ impl Default for LocalGuardOptions {
 /// Token ids the guard scores.
 #[derive(Debug, Clone, Copy)]
 struct AnswerTokens {
-    safe: u32,
-    unsafe_: u32,
+    /// (safe, unsafe) first tokens of the template's score-mode answer words; `None` when the
+    /// template has no verdict format.
+    score: Option<(u32, u32)>,
     stop: [u32; 2],
 }
 
@@ -222,15 +223,14 @@ impl LocalGuard {
         loaded.model.set_attention_mode(opts.attention);
         let special = tokenizer.special();
         // Score mode compares the first tokens of the template's answer words.
-        let (safe, unsafe_) = match opts.template.format(Format::Verdict) {
-            Ok(f) => answer_pair(&tokenizer, &f.safe, &f.unsafe_)?,
-            // Without a verdict format there is no score mode: requests for it fail when
-            // rendered, naming the template's formats.
-            Err(_) => (u32::MAX, u32::MAX),
+        let score = match opts.template.format(Format::Verdict) {
+            Ok(f) => Some(answer_pair(&tokenizer, &f.safe, &f.unsafe_)?),
+            // Without a verdict format there is no score mode (its requests fail, naming the
+            // template's formats).
+            Err(_) => None,
         };
         let answers = AnswerTokens {
-            safe,
-            unsafe_,
+            score,
             stop: [special.im_end, special.endoftext],
         };
         let cache = Mutex::new(PrefixCache::new(opts.prefix_cache_bytes));
@@ -401,9 +401,12 @@ impl LocalGuard {
 
     /// P(unsafe) of row `i` of last-position logits `[rows, vocab]`.
     fn p_unsafe_row(&self, logits: &Tensor, i: usize) -> Result<f64, Error> {
+        let (safe, unsafe_) = match self.answers.score {
+            Some(pair) => pair,
+            None => return Err(self.opts.template.format(Format::Verdict).unwrap_err()),
+        };
         let row = logits.get(i).map_err(backend_error)?;
-        crate::sampling::p_unsafe(&row, self.answers.unsafe_, self.answers.safe)
-            .map_err(engine_error)
+        crate::sampling::p_unsafe(&row, unsafe_, safe).map_err(engine_error)
     }
 
     /// P(unsafe) of each row `base` + suffix, all rows continuing from `kv` (the keys/values
@@ -700,6 +703,11 @@ impl LocalGuard {
             &self.preprocess,
             self.opts.max_image_tokens,
         )
+    }
+
+    /// The guard prompt layout requests are rendered with.
+    pub fn template(&self) -> &Template {
+        &self.opts.template
     }
 
     /// The checkpoint's own chat template, used by [`LocalGuard::chat`] (`None`: the built-in

@@ -431,9 +431,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Ok(pre.grid_thw.iter().product::<usize>() / merge + 2)
         })
         .collect::<anyhow::Result<Vec<usize>>>()?;
-    let template = Template::load(&args.template).context("--template")?;
-    let tokens = prompt_tokens(guard.tokenizer(), &template, &policy, !args.no_rules)?;
-    print_header(&args, &policy, &files, &image_tokens, &tokens);
+    let template = guard.template();
+    let tokens = prompt_tokens(guard.tokenizer(), template, &policy, !args.no_rules)?;
+    print_header(&args, template, &policy, &files, &image_tokens, &tokens);
     let images: Vec<Vec<u8>> = files.iter().map(|(_, b)| b.clone()).collect();
     let work = Workload {
         guard: &guard,
@@ -520,6 +520,7 @@ fn measure(work: &Workload<'_>) -> anyhow::Result<Vec<RunResult>> {
 
 fn print_header(
     args: &BenchArgs,
+    template: &Template,
     policy: &Policy,
     files: &[(PathBuf, Vec<u8>)],
     image_tokens: &[usize],
@@ -534,17 +535,12 @@ fn print_header(
         args.max_pixels,
         image_tokens
     );
-    let image_first = Template::load(&args.template)
-        .ok()
-        .and_then(|t| {
-            t.format(Format::Verdict)
-                .ok()
-                .map(|f| !f.policy_before_image())
-        })
-        .unwrap_or(false);
+    let image_first = template
+        .format(Format::Verdict)
+        .is_ok_and(|f| !f.policy_before_image());
     println!(
         "template {}: {}",
-        args.template,
+        template.name,
         if image_first {
             "image before the policy, so the prefix cache holds only the system prompt"
         } else {

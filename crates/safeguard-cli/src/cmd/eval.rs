@@ -128,7 +128,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         format: args.judging.mode.format(),
         on_unparsable: args.judging.on_unparsable,
         // A run's numbers depend on the prompt layout: run.json records a non-default one.
-        backend: if args.backend.template == "safeguard" {
+        backend: if args.backend.template == safeguard_core::template::Template::SAFEGUARD {
             built.guard.name().to_string()
         } else {
             format!(
