@@ -91,3 +91,24 @@ fn checkpoints_of_every_transformers_version_give_its_logits() {
         }
     }
 }
+
+/// `generation_config.json` as each version wrote it (the released Qwen2.5-VL decoding:
+/// `do_sample` with temperature 1e-6, repetition_penalty 1.05, two eos ids).
+#[test]
+fn generation_configs_of_every_transformers_version_parse() {
+    use safeguard_engine::generation::GenerationConfig;
+    for version in versions() {
+        let dir = root().join(&version);
+        let cfg =
+            GenerationConfig::from_model_dir(&dir).unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert_eq!(cfg.eos_token_id, vec![504, 505], "{version}");
+        assert_eq!(cfg.repetition_penalty, Some(1.05), "{version}");
+        assert_eq!(cfg.do_sample, Some(true), "{version}");
+        let params = cfg.generate_defaults();
+        assert_eq!(params.repetition_penalty, 1.05, "{version}");
+        assert!(
+            params.temperature > 0.0,
+            "{version}: do_sample means sampling"
+        );
+    }
+}
