@@ -1,14 +1,35 @@
 //! Building blocks shared by the model code: RMSNorm, attention (eager or tiled with an online
 //! softmax, [`AttentionMode`]), GQA head repetition and rotary embedding application.
 //!
-//! Inference uses candle's fused kernels (`ops::rms_norm`, `rotary_emb::rope`,
-//! `ops::softmax_last_dim`), which carry **no gradient**. Every call site goes through the
-//! functions here, so a training path only has to switch these to their differentiable variants
-//! (`rms_norm_slow`/`RmsNorm::forward_diff`, `rope_slow`, `ops::softmax`); that switch is not
-//! implemented yet.
+//! **One model, differentiable when it needs to be.** Inference uses candle's fused kernels
+//! (`ops::rms_norm`, `rotary_emb::rope`, `ops::softmax_last_dim`), which record **no backward
+//! op**: `backward()` through them succeeds and silently gives wrong gradients upstream. Every
+//! call site goes through the functions here, and each picks a differentiable composite of
+//! plain tensor ops when its input carries a graph (`Tensor::track_op()`: a `Var`, or computed
+//! from one) and the fused kernel otherwise. Inference builds no graph, so it keeps the fused
+//! kernels; training gets exact gradients from the same model code. The composites equal the
+//! kernels in the forward pass (tests below) and central differences in the backward pass.
+//!
+//! [`linear`] is the frozen-weight matmul: with a graph on the input and a constant weight it
+//! runs as a custom op whose backward returns only the input's gradient. Plain `matmul` would
+//! make candle allocate and keep a weight-sized gradient for the constant weight as well (one
+//! per projection per call), which is most of a LoRA step's memory at real sizes.
+//!
+//! Compute dtype: f16/bf16 are upcast to f32 for norms, softmax and RoPE (as transformers);
+//! f32 and f64 are kept, so the whole model runs in f64 for finite-difference checks.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
+
+/// The dtype norms, softmax and RoPE are computed in for inputs of `dtype`: f32 for the
+/// half-precision types, `dtype` itself otherwise (f32, f64).
+pub fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
 
 /// Root-mean-square norm computed in f32 and multiplied by the weight, like
 /// `Qwen2_5_VLRMSNorm`.
@@ -26,12 +47,137 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// The weight `[size]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-        let weight = self.inner.weight().to_dtype(DType::F32)?;
-        candle_nn::ops::rms_norm(&xs, &weight, self.inner.eps() as f32)?.to_dtype(dtype)
+        let compute = compute_dtype(dtype);
+        let xs = xs.to_dtype(compute)?;
+        let weight = self.inner.weight().to_dtype(compute)?;
+        let eps = self.inner.eps();
+        // The fused kernel has no backward and no f64 implementation.
+        if xs.track_op() || weight.track_op() || compute == DType::F64 {
+            return rms_norm_composite(&xs, &weight, eps)?.to_dtype(dtype);
+        }
+        candle_nn::ops::rms_norm(&xs.contiguous()?, &weight, eps as f32)?.to_dtype(dtype)
+    }
+}
+
+/// `x / √(mean(x²) + eps) · w` over the last dimension, in plain (differentiable) ops.
+fn rms_norm_composite(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (mean_sq + eps)?.sqrt()?.recip()?;
+    xs.broadcast_mul(&inv)?.broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension: the fused kernel, or with a graph on `xs` the composite
+/// `exp(x − max x) / Σ exp(x − max x)` with the maximum detached (the softmax does not depend
+/// on the shift, so the gradient is exact). Masked `−∞` entries give exactly 0 either way.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        return candle_nn::ops::softmax_last_dim(xs);
+    }
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// `x·Wᵀ` for `x` `[…, in]` and `W` `[out, in]`. With a graph on `x` and a constant `W` (a
+/// frozen base weight) it runs as [`FrozenMatmul`], so the backward pass computes and keeps
+/// only `x`'s gradient; otherwise it is candle's broadcast matmul (inference, or a trainable
+/// `W`, whose gradient is then wanted).
+pub fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if xs.track_op() && !weight.track_op() {
+        return xs.contiguous()?.apply_op2(weight, FrozenMatmul);
+    }
+    // As candle_nn::Linear (bit-identical inference).
+    let w = match *xs.dims() {
+        [b1, b2, _, _] => weight.broadcast_left((b1, b2))?.t()?,
+        [b, _, _] => weight.broadcast_left(b)?.t()?,
+        _ => weight.t()?,
+    };
+    xs.matmul(&w)
+}
+
+/// `x·Wᵀ` with the backward pass of `x` only (see [`linear`]): `x` contiguous `[…, in]`, `W`
+/// `[out, in]`; the forward pass is one matmul on the raw storages, `∂x = ∂y·W`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn fwd<S: BackendStorage>(
+        x: &S,
+        x_layout: &Layout,
+        w: &S,
+        w_layout: &Layout,
+    ) -> Result<(S, Shape)> {
+        let (out_dim, in_dim) = w_layout.shape().dims2()?;
+        let dims = x_layout.shape().dims();
+        let Some((&k, batch)) = dims.split_last() else {
+            candle_core::bail!("frozen linear: a 0-d input");
+        };
+        if k != in_dim {
+            candle_core::bail!("frozen linear: input {dims:?} but weight [{out_dim}, {in_dim}]");
+        }
+        let Some((start, _)) = x_layout.contiguous_offsets() else {
+            candle_core::bail!("frozen linear: the input must be contiguous");
+        };
+        let m: usize = batch.iter().product();
+        let lhs = Layout::contiguous_with_offset((m, k), start);
+        let rhs = w_layout.transpose(0, 1)?;
+        let y = x.matmul(w, (1, m, out_dim, k), &lhs, &rhs)?;
+        let mut shape = batch.to_vec();
+        shape.push(out_dim);
+        Ok((y, Shape::from(shape)))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Self::fwd(x, x_layout, w, w_layout)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        w: &candle_core::CudaStorage,
+        w_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Self::fwd(x, x_layout, w, w_layout)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dims = grad_y.dims();
+        let out_dim = w.dim(0)?;
+        let rows = grad_y.elem_count() / out_dim.max(1);
+        let grad_x = grad_y.reshape((rows, out_dim))?.matmul(w)?;
+        let mut shape = dims[..dims.len() - 1].to_vec();
+        shape.push(w.dim(1)?);
+        Ok((Some(grad_x.reshape(shape)?), None))
     }
 }
 
@@ -146,15 +292,16 @@ fn attention_flash(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Ten
 fn attention_eager(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Tensor> {
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+    let compute = compute_dtype(dtype);
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(compute)?;
     let scores = match mask {
         Mask::None => scores,
         Mask::Causal { past } => {
-            let mask = causal_mask(q.dim(2)?, past, q.device())?;
+            let mask = causal_mask(q.dim(2)?, past, q.device())?.to_dtype(compute)?;
             scores.broadcast_add(&mask)?
         }
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let probs = softmax_last_dim(&scores)?.to_dtype(dtype)?;
     probs.matmul(&v.contiguous()?)
 }
 
@@ -168,8 +315,9 @@ fn attention_eager(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Ten
 /// Under the causal mask, key blocks entirely after a query block are skipped, and only the
 /// blocks that straddle the diagonal get a mask. Every query row sees key 0 first, so `m` is
 /// finite after the first block and a fully masked row of a later block adds exactly zero.
-/// Scores and the softmax are f32 as in the eager path; `p·v` runs in the input dtype, as the
-/// eager path multiplies its probabilities cast back to that dtype.
+/// Scores and the softmax are in [`compute_dtype`] as in the eager path; `p·v` runs in the
+/// input dtype, as the eager path multiplies its probabilities cast back to that dtype. With a
+/// graph on the inputs the running maxima are detached (exact: they only shift the exponents).
 pub fn attention_tiled(
     q: &Tensor,
     k: &Tensor,
@@ -178,6 +326,7 @@ pub fn attention_tiled(
     block: usize,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
+    let compute = compute_dtype(dtype);
     let (_, _, q_len, d) = q.dims4()?;
     let kv_len = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
@@ -194,12 +343,12 @@ pub fn attention_tiled(
             None => kv_len,
             Some(past) => (past + q0 + qn).min(kv_len),
         };
-        let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, l, acc), f32
+        let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, l, acc), compute dtype
         for k0 in (0..visible).step_by(block) {
             let kn = block.min(visible - k0);
             let kc = k.narrow(2, k0, kn)?.contiguous()?;
             let vc = v.narrow(2, k0, kn)?.contiguous()?;
-            let mut scores = (qc.matmul(&kc.t()?)? * scale)?.to_dtype(DType::F32)?;
+            let mut scores = (qc.matmul(&kc.t()?)? * scale)?.to_dtype(compute)?;
             if let Some(past) = past {
                 // The last query of the block sees every key of this block iff its first query
                 // does; otherwise mask the part above the diagonal.
@@ -215,16 +364,16 @@ pub fn attention_tiled(
                             })
                         })
                         .collect();
-                    let m = Tensor::from_vec(data, (qn, kn), q.device())?;
+                    let m = Tensor::from_vec(data, (qn, kn), q.device())?.to_dtype(compute)?;
                     scores = scores.broadcast_add(&m)?;
                 }
             }
-            let block_max = scores.max_keepdim(D::Minus1)?;
+            let block_max = scores.max_keepdim(D::Minus1)?.detach();
             state = Some(match state {
                 None => {
                     let p = scores.broadcast_sub(&block_max)?.exp()?;
                     let l = p.sum_keepdim(D::Minus1)?;
-                    let acc = p.to_dtype(dtype)?.matmul(&vc)?.to_dtype(DType::F32)?;
+                    let acc = p.to_dtype(dtype)?.matmul(&vc)?.to_dtype(compute)?;
                     (block_max, l, acc)
                 }
                 Some((m, l, acc)) => {
@@ -232,7 +381,7 @@ pub fn attention_tiled(
                     let p = scores.broadcast_sub(&m_new)?.exp()?;
                     let correction = (m - &m_new)?.exp()?;
                     let l = ((l * &correction)? + p.sum_keepdim(D::Minus1)?)?;
-                    let pv = p.to_dtype(dtype)?.matmul(&vc)?.to_dtype(DType::F32)?;
+                    let pv = p.to_dtype(dtype)?.matmul(&vc)?.to_dtype(compute)?;
                     let acc = (acc.broadcast_mul(&correction)? + pv)?;
                     (m_new, l, acc)
                 }
@@ -246,11 +395,36 @@ pub fn attention_tiled(
 
 /// Applies the non-interleaved rotary embedding (`x·cos + rotate_half(x)·sin`) to
 /// `[b, heads, seq, d]` with `cos`/`sin` of shape `[seq, d/2]` or `[b, seq, d/2]`. Computed in
-/// f32, like the reference.
+/// [`compute_dtype`] (f32 for half precision, like the reference): the fused kernel, or with a
+/// graph on `xs` (or in f64) a composite of plain ops.
 pub fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = xs.dtype();
-    let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::rotary_emb::rope(&xs, cos, sin)?.to_dtype(dtype)
+    let compute = compute_dtype(dtype);
+    let xs = xs.to_dtype(compute)?;
+    let (cos, sin) = (cos.to_dtype(compute)?, sin.to_dtype(compute)?);
+    if xs.track_op() || compute == DType::F64 {
+        return rope_composite(&xs, &cos, &sin)?.to_dtype(dtype);
+    }
+    candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?.to_dtype(dtype)
+}
+
+/// `x·[cos, cos] + rotate_half(x)·[sin, sin]` with `rotate_half(x) = [−x₂, x₁]` (the halves of
+/// the last dimension). Tables `[seq, d/2]` broadcast over batch and heads, `[b, seq, d/2]`
+/// over heads (candle's `rope_slow` would narrow the batch of a 3-D table instead).
+fn rope_composite(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let table = |t: &Tensor| -> Result<Tensor> {
+        let full = Tensor::cat(&[t, t], D::Minus1)?;
+        match full.rank() {
+            3 => full.unsqueeze(1),
+            _ => Ok(full),
+        }
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let x1 = xs.narrow(D::Minus1, 0, half)?;
+    let x2 = xs.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
 /// Additive causal mask `[q_len, past + q_len]`: query `i` (at absolute position `past + i`)
@@ -364,6 +538,181 @@ mod tests {
         let eager = attention(&q, &q, &q, Mask::None, AttentionMode::Eager).unwrap();
         // Below the threshold Auto is the eager path itself: bit-identical.
         assert_eq!(max_abs_diff(&auto, &eager), 0.0);
+    }
+
+    /// Relative difference `max |a − b| / max(1, max |b|)`.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+        let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+        let scale = b
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .max(1.0);
+        let d = (a - b).unwrap().abs().unwrap().max(0).unwrap();
+        d.to_scalar::<f64>().unwrap() / scale
+    }
+
+    /// Checks the autograd gradient of `f` (tensor → tensor, reduced against fixed random
+    /// weights to a scalar) at `x` (f64) against central differences, element by element.
+    fn check_grad(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
+        let x = x.to_dtype(DType::F64).unwrap();
+        let probe = f(&x);
+        let weights = tensor(99, (1, 1, 1, probe.elem_count()))
+            .to_dtype(DType::F64)
+            .unwrap()
+            .reshape(probe.shape())
+            .unwrap();
+        let loss = |t: &Tensor| (f(t) * &weights).unwrap().sum_all().unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let store = loss(var.as_tensor()).backward().unwrap();
+        let grad = store
+            .get(var.as_tensor())
+            .expect("a gradient reaches the input");
+        let grad: Vec<f64> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        let flat: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-6;
+        for j in 0..flat.len() {
+            let at = |delta: f64| {
+                let mut v = flat.clone();
+                v[j] += delta;
+                let t = Tensor::from_vec(v, x.shape(), x.device()).unwrap();
+                loss(&t).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            let err = (grad[j] - numeric).abs() / numeric.abs().max(1.0);
+            assert!(
+                err < 1e-6,
+                "element {j}: autograd {} vs numeric {numeric}",
+                grad[j]
+            );
+        }
+    }
+
+    fn tracked(t: &Tensor) -> Tensor {
+        candle_core::Var::from_tensor(t)
+            .unwrap()
+            .as_tensor()
+            .clone()
+    }
+
+    #[test]
+    fn composites_equal_the_fused_kernels() {
+        let x = tensor(4, (2, 3, 5, 8));
+        let w = tensor(5, (1, 1, 1, 8)).flatten_all().unwrap();
+        let norm = RmsNorm {
+            inner: candle_nn::RmsNorm::new(w.clone(), 1e-6),
+        };
+        let fused = norm.forward(&x).unwrap();
+        let composite = norm.forward(&tracked(&x)).unwrap();
+        assert!(composite.track_op(), "the tracked input took the composite");
+        assert!(rel_diff(&composite, &fused) < 1e-6);
+
+        let fused = softmax_last_dim(&x).unwrap();
+        let composite = softmax_last_dim(&tracked(&x)).unwrap();
+        assert!(composite.track_op());
+        assert!(rel_diff(&composite, &fused) < 1e-6);
+
+        // RoPE with 2-D and with 3-D (per-row, M-RoPE) tables.
+        let angles2 = tensor(6, (1, 1, 5, 4));
+        let angles2 = angles2.squeeze(0).unwrap().squeeze(0).unwrap();
+        let angles3 = tensor(7, (1, 2, 5, 4)).squeeze(0).unwrap();
+        for angles in [angles2, angles3] {
+            let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+            let fused = apply_rope(&x, &cos, &sin).unwrap();
+            let composite = apply_rope(&tracked(&x), &cos, &sin).unwrap();
+            assert!(composite.track_op());
+            assert!(rel_diff(&composite, &fused) < 1e-6, "{:?}", cos.dims());
+        }
+
+        // The frozen matmul equals the plain one, batched or not.
+        let weight = tensor(8, (1, 1, 6, 8))
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        for input in [
+            x.clone(),
+            x.flatten_to(2).unwrap(),
+            x.flatten_to(1).unwrap(),
+        ] {
+            let plain = linear(&input, &weight).unwrap();
+            let frozen = linear(&tracked(&input), &weight).unwrap();
+            assert_eq!(plain.dims(), frozen.dims());
+            assert!(rel_diff(&frozen, &plain) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn composite_gradients_match_central_differences() {
+        let x = tensor(11, (1, 2, 3, 4));
+        let w = tensor(12, (1, 1, 1, 4)).flatten_all().unwrap();
+        let norm = RmsNorm {
+            inner: candle_nn::RmsNorm::new(w.to_dtype(DType::F64).unwrap(), 1e-6),
+        };
+        check_grad(&x, |t| norm.forward(t).unwrap());
+        check_grad(&x, |t| softmax_last_dim(t).unwrap());
+        let angles3 = tensor(13, (1, 1, 3, 2)).squeeze(0).unwrap();
+        let angles2 = angles3.squeeze(0).unwrap();
+        for angles in [angles2, angles3] {
+            let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+            check_grad(&x, |t| apply_rope(t, &cos, &sin).unwrap());
+        }
+        let weight = tensor(14, (1, 1, 5, 4))
+            .to_dtype(DType::F64)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        check_grad(&x, |t| linear(t, &weight).unwrap());
+        // Attention, eager and tiled, causal and not: gradient with respect to q, k and v.
+        let kv = tensor(15, (1, 2, 3, 4)).to_dtype(DType::F64).unwrap();
+        for mode in [AttentionMode::Eager, AttentionMode::Tiled { block: 2 }] {
+            for mask in [Mask::None, Mask::Causal { past: 0 }] {
+                check_grad(&x, |q| attention(q, &kv, &kv, mask, mode).unwrap());
+                let q = x.to_dtype(DType::F64).unwrap();
+                check_grad(&x, |k| attention(&q, k, &kv, mask, mode).unwrap());
+                check_grad(&x, |v| attention(&q, &kv, v, mask, mode).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_tensor() {
+        let x = tracked(&tensor(21, (1, 2, 3, 4)));
+        let weight = tensor(22, (1, 1, 5, 4))
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let store = linear(&x, &weight)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(store.get(&x).is_some());
+        assert!(
+            store.get(&weight).is_none(),
+            "no weight-sized gradient for a constant"
+        );
+        // Plain matmul keeps one (the dead gradient this op exists to avoid).
+        let operand = weight.t().unwrap().broadcast_left((1, 2)).unwrap();
+        let store = x
+            .matmul(&operand)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(store.get(&operand).is_some());
+        // And the fused kernels alone would cut the graph: their output records no op.
+        let fused = candle_nn::ops::softmax_last_dim(&x).unwrap();
+        assert!(!fused.track_op(), "candle's fused softmax has no backward");
     }
 
     #[test]

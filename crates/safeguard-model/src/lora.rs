@@ -338,15 +338,46 @@ impl LoraLinear {
     }
 }
 
-impl Module for LoraLinear {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let out = self.base.forward(xs)?;
+impl LoraLinear {
+    /// The base weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.base.weight()
+    }
+
+    /// The attached pair `(A, B, scale)`, if any.
+    pub fn lora(&self) -> Option<(&Tensor, &Tensor, f64)> {
+        self.lora.as_ref().map(|(a, b, s)| (a, b, *s))
+    }
+
+    /// `x·Wᵀ (+ b) + scale·(x·Aᵀ)·Bᵀ`. With `grad` false the pair is used detached (no graph
+    /// through `A`/`B` even when they are `Var`s: rollouts, the no-graph pass of per-layer
+    /// recomputation); with `grad` true it is used as attached. The base weight goes through
+    /// [`crate::layers::linear`], which keeps no gradient for a frozen weight.
+    pub fn forward_t(&self, xs: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let out = crate::layers::linear(xs, self.base.weight())?;
+        let out = match self.base.bias() {
+            Some(bias) => out.broadcast_add(bias)?,
+            None => out,
+        };
         let Some((a, b, scale)) = &self.lora else {
             return Ok(out);
         };
-        let (a, b) = (a.to_dtype(xs.dtype())?, b.to_dtype(xs.dtype())?);
-        let low = Linear::new(a, None).forward(xs)?;
-        out + (Linear::new(b, None).forward(&low)? * *scale)?
+        let (a, b) = if grad {
+            (a.to_dtype(xs.dtype())?, b.to_dtype(xs.dtype())?)
+        } else {
+            (
+                a.detach().to_dtype(xs.dtype())?,
+                b.detach().to_dtype(xs.dtype())?,
+            )
+        };
+        let low = crate::layers::linear(xs, &a)?;
+        out + (crate::layers::linear(&low, &b)? * *scale)?
+    }
+}
+
+impl Module for LoraLinear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(xs, true)
     }
 }
 

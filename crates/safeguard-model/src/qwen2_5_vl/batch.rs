@@ -102,7 +102,7 @@ impl Qwen2_5VlModel {
 }
 
 /// `embeds` (`[n, hidden]`) extended to `[len, hidden]` with copies of its last row.
-fn pad_rows(embeds: &Tensor, n: usize, len: usize) -> candle_core::Result<Tensor> {
+pub(super) fn pad_rows(embeds: &Tensor, n: usize, len: usize) -> candle_core::Result<Tensor> {
     if n == len {
         return Ok(embeds.clone());
     }

@@ -21,6 +21,7 @@ pub mod config;
 mod config_keys;
 pub mod rope_index;
 pub mod text;
+pub mod train;
 pub mod vision;
 
 use candle_core::{DType, IndexOp, Module, Tensor};
@@ -250,9 +251,23 @@ impl Qwen2_5VlModel {
             .to_dtype(DType::F32)?)
     }
 
+    /// The LM head's weight `[vocab, hidden]` (the token embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
+    /// The decoder.
+    pub fn text(&self) -> &TextModel {
+        &self.text
+    }
+
     /// Checks that `prompt` has tokens after the `cached` ones and no video, and returns the
     /// position ids of its whole sequence.
-    fn positions(&self, prompt: &Prompt<'_>, cached: usize) -> Result<RopeIndex, ModelError> {
+    pub(crate) fn positions(
+        &self,
+        prompt: &Prompt<'_>,
+        cached: usize,
+    ) -> Result<RopeIndex, ModelError> {
         let ids = prompt.input_ids;
         if cached >= ids.len() {
             return Err(ModelError::Input {

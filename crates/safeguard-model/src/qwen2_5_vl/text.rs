@@ -149,10 +149,11 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.apply(&self.act)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+impl Mlp {
+    fn forward(&self, xs: &Tensor, grad: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.forward_t(xs, grad)?.apply(&self.act)?;
+        let up = self.up_proj.forward_t(xs, grad)?;
+        self.down_proj.forward_t(&(gate * up)?, grad)
     }
 }
 
@@ -185,9 +186,10 @@ impl Attention {
     fn forward(&self, xs: &Tensor, step: &mut Step<'_>, layer: usize) -> Result<Tensor> {
         let (b, seq, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, seq, n, self.head_dim))?.transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let g = step.grad;
+        let q = heads(self.q_proj.forward_t(xs, g)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward_t(xs, g)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward_t(xs, g)?, self.num_kv_heads)?;
         let q = apply_rope(&q, &step.rope.cos, &step.rope.sin)?;
         let k = apply_rope(&k, &step.rope.cos, &step.rope.sin)?;
         let (k, v) = step.cache.append(layer, k, v.contiguous()?)?;
@@ -202,7 +204,7 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, seq, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward_t(&out, g)
     }
 }
 
@@ -252,7 +254,7 @@ impl DecoderLayer {
                 .forward(&self.input_layernorm.forward(xs)?, step, layer)?)?;
         &xs + self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&xs)?)?
+            .forward(&self.post_attention_layernorm.forward(&xs)?, step.grad)?
     }
 }
 
@@ -262,6 +264,8 @@ struct Step<'a> {
     mask: Mask,
     attention: AttentionMode,
     cache: &'a mut KvCache,
+    /// Whether LoRA pairs are used as attached (`Var`s keep their graph) or detached.
+    grad: bool,
 }
 
 /// Token embeddings, decoder layers and the final norm (weights under `model.` or
@@ -323,12 +327,48 @@ impl TextModel {
             mask,
             attention: self.attention,
             cache,
+            grad: true,
         };
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mut step, i)?;
         }
         self.norm.forward(&xs)
+    }
+
+    /// Decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Runs decoder layer `layer` alone on whole sequences `xs` `[b, seq, hidden]` (causal,
+    /// nothing cached): the unit of per-layer recomputation in training. With `grad` false the
+    /// LoRA pairs are used detached, so a `Var`-backed adapter builds no graph.
+    pub fn forward_layer(
+        &self,
+        layer: usize,
+        xs: &Tensor,
+        rope: &MRope,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let decoder = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no decoder layer {layer}")))?;
+        let mut cache = KvCache::new();
+        let mut step = Step {
+            rope,
+            mask: Mask::Causal { past: 0 },
+            attention: self.attention,
+            cache: &mut cache,
+            grad,
+        };
+        decoder.forward(xs, &mut step, layer)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, xs: &Tensor) -> Result<Tensor> {
+        self.norm.forward(xs)
     }
 
     /// The LoRA-capable projections of every layer (q/k/v/o, gate/up/down).

@@ -1,0 +1,1 @@
+//! Training (work in progress).
