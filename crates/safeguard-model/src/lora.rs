@@ -124,8 +124,12 @@ pub struct LoraAdapter {
     scale: f64,
 }
 
-/// Translates a transformers module path to the checkpoint's tensor naming.
-fn to_layout(module: &str, layout: WeightLayout) -> String {
+/// Translates a transformers module path (either transformers naming: `model.layers.N…` /
+/// `visual.…` before 4.52, `model.language_model.layers.N…` / `model.visual.…` since) to the
+/// tensor naming of `layout`. Legacy checkpoint names are the old module paths, so this also
+/// turns a checkpoint name (without `.weight`) into the module path PEFT would use under
+/// either transformers version.
+pub fn to_layout(module: &str, layout: WeightLayout) -> String {
     let nested = if let Some(rest) = module.strip_prefix("visual.") {
         format!("model.visual.{rest}")
     } else if module.starts_with("model.visual.") || module.starts_with("model.language_model.") {
@@ -198,6 +202,12 @@ impl LoraAdapter {
             pairs,
             scale: cfg.scale(),
         })
+    }
+
+    /// An adapter from `(A, B)` pairs already keyed by checkpoint weight name (e.g. the
+    /// `Var`-backed tensors of a trainable adapter) and one scale.
+    pub fn from_pairs(pairs: HashMap<String, (Tensor, Tensor)>, scale: f64) -> Self {
+        Self { pairs, scale }
     }
 
     /// Checkpoint names of the weights this adapter modifies.

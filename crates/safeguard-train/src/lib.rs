@@ -1,1 +1,14 @@
-//! Training (work in progress).
+//! Training for SafeGuard on candle: trainable LoRA adapters in PEFT's format ([`lora`]),
+//! AdamW with exposed state and HF's schedules ([`optim`]), and Stage 1 of the recipe,
+//! supervised fine-tuning on image → recaption conversations ([`sft`], [`data`]).
+//!
+//! Gradients come from `safeguard-model` itself (no second implementation): its layers switch
+//! to differentiable composites when their input carries a graph, frozen weights keep no
+//! gradient, and [`safeguard_model::qwen2_5_vl::train`] runs the per-layer recomputed pass.
+
+pub mod error;
+pub mod grad;
+pub mod lora;
+pub mod optim;
+
+pub use error::{Result, TrainError};

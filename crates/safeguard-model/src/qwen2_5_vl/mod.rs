@@ -170,6 +170,22 @@ impl Qwen2_5VlModel {
         Ok(attached.len())
     }
 
+    /// The LoRA-capable projections: checkpoint weight name, `[out, in]`, and whether it is in
+    /// the vision tower; vision blocks first, then decoder layers, each in module order.
+    pub fn projections(&mut self) -> Vec<(String, [usize; 2], bool)> {
+        let mut out = Vec::new();
+        for (linear, vision) in self
+            .visual
+            .linears_mut()
+            .map(|l| (l, true))
+            .chain(self.text.linears_mut().map(|l| (l, false)))
+        {
+            let dims = linear.weight().dims();
+            out.push((linear.name().to_string(), [dims[0], dims[1]], vision));
+        }
+        out
+    }
+
     /// How attention is computed in the vision tower and the decoder (default
     /// [`AttentionMode::Auto`]: eager for small inputs, tiled where the scores would be large).
     pub fn set_attention_mode(&mut self, mode: AttentionMode) {

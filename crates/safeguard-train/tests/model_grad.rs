@@ -1,0 +1,159 @@
+//! The whole model's gradient: directional derivatives against central differences in f64, and
+//! gradient accumulation over micro-batches against one batch.
+
+use candle_core::{DType, Device, Tensor, Var};
+use safeguard_engine::{load_model, LoadOptions};
+use safeguard_model::qwen2_5_vl::train::{TrainOptions, TrainRow};
+use safeguard_model::qwen2_5_vl::{Prompt, Qwen2_5VlModel, VisionInputs};
+use safeguard_train::lora::TrainableLora;
+
+use crate::common::{fixtures, model_fixtures};
+
+const IMAGE_IDS: [u32; 21] = [
+    82, 90, 456, 502, 500, 500, 500, 500, 500, 500, 503, 179, 131, 84, 229, 294, 400, 308, 493, 52,
+    243,
+];
+const GRID: [[usize; 3]; 1] = [[1, 4, 6]];
+
+fn model(dtype: DType) -> (Qwen2_5VlModel, TrainableLora, Tensor) {
+    let opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    let loaded = load_model(&model_fixtures().join("tiny-a"), &opts).unwrap();
+    let lora = TrainableLora::load(
+        &fixtures().join("peft-grad/adapter"),
+        loaded.layout,
+        &Device::Cpu,
+    )
+    .unwrap()
+    .with_dtype(dtype)
+    .unwrap();
+    let pixels = Tensor::read_npy(model_fixtures().join("pixels/small.npy")).unwrap();
+    let embeds = loaded
+        .model
+        .embed_images(&VisionInputs {
+            pixel_values: pixels,
+            grid_thw: GRID.to_vec(),
+        })
+        .unwrap();
+    let mut m = loaded.model;
+    lora.attach(&mut m).unwrap();
+    (m, lora, embeds)
+}
+
+fn targets(len: usize, from: usize) -> Vec<bool> {
+    (0..len).map(|i| i >= from).collect()
+}
+
+#[test]
+fn directional_derivatives_match_central_differences_in_f64() {
+    let (model, lora, embeds) = model(DType::F64);
+    let vars = lora.vars();
+    let t = targets(IMAGE_IDS.len(), 9);
+    let rows = [TrainRow {
+        prompt: Prompt {
+            input_ids: &IMAGE_IDS,
+            grids: &GRID,
+            image_embeds: Some(&embeds),
+        },
+        targets: &t,
+    }];
+    let opts = TrainOptions::default();
+    let out = model.train_step(&rows, &vars, &opts).unwrap();
+    let theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
+    for seed in 0..3u64 {
+        // A random direction over every LoRA tensor.
+        let dirs: Vec<Tensor> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                // Deterministic values in [-1, 1) (an LCG), a stream per tensor and seed.
+                let mut x = seed * 1000 + i as u64 + 1;
+                let data: Vec<f64> = (0..v.elem_count())
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+                    })
+                    .collect();
+                Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap()
+            })
+            .collect();
+        let analytic: f64 = out
+            .grads
+            .iter()
+            .zip(&dirs)
+            .map(|(g, d)| {
+                (g.as_ref().expect("every tensor gets a gradient") * d)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        let h = 1e-5;
+        let loss_at = |step: f64| {
+            for ((v, t0), d) in vars.iter().zip(&theta).zip(&dirs) {
+                v.set(&(t0 + (d * step).unwrap()).unwrap()).unwrap();
+            }
+            let none: [Var; 0] = [];
+            model.train_step(&rows, &none, &opts).unwrap().loss_sum
+        };
+        let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+        loss_at(0.0);
+        let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        assert!(
+            err < 1e-6,
+            "direction {seed}: autograd {analytic} vs numeric {numeric}"
+        );
+    }
+}
+
+#[test]
+fn micro_batches_accumulate_to_one_batch() {
+    let (model, lora, embeds) = model(DType::F32);
+    let vars = lora.vars();
+    let text: [u32; 9] = [5, 17, 33, 250, 7, 99, 12, 401, 3];
+    let t_image = targets(IMAGE_IDS.len(), 12);
+    let t_text = targets(text.len(), 4);
+    let image_row = TrainRow {
+        prompt: Prompt {
+            input_ids: &IMAGE_IDS,
+            grids: &GRID,
+            image_embeds: Some(&embeds),
+        },
+        targets: &t_image,
+    };
+    let text_row = TrainRow {
+        prompt: Prompt {
+            input_ids: &text,
+            grids: &[],
+            image_embeds: None,
+        },
+        targets: &t_text,
+    };
+    let opts = TrainOptions::default();
+    // One right-padded batch of two rows of different lengths...
+    let batch = model
+        .train_step(&[text_row, image_row], &vars, &opts)
+        .unwrap();
+    // ... equals the two rows run alone, summed.
+    let a = model.train_step(&[image_row], &vars, &opts).unwrap();
+    let b = model.train_step(&[text_row], &vars, &opts).unwrap();
+    assert_eq!(batch.tokens, a.tokens + b.tokens);
+    let loss_err = (batch.loss_sum - a.loss_sum - b.loss_sum).abs() / batch.loss_sum;
+    assert!(loss_err < 1e-6, "{loss_err}");
+    for ((g, ga), gb) in batch.grads.iter().zip(&a.grads).zip(&b.grads) {
+        let (g, ga, gb) = (
+            g.as_ref().unwrap(),
+            ga.as_ref().unwrap(),
+            gb.as_ref().unwrap(),
+        );
+        let sum = (ga + gb).unwrap();
+        let err = crate::common::rel_err(g, &sum);
+        assert!(err < 1e-5, "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of safeguard-train (one binary).
+
+mod common;
+mod model_grad;
+mod parity;
