@@ -192,6 +192,19 @@ impl QwenTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Tokenizes `text` like [`QwenTokenizer::encode`] and gives each token's byte span in
+    /// `text` (what marks the assistant tokens of a training conversation).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), EngineError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|source| self.error(source))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
     /// Renders and tokenizes a chat (see [`render_chat`]).
     pub fn encode_chat(
         &self,

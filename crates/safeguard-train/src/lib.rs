@@ -6,9 +6,12 @@
 //! to differentiable composites when their input carries a graph, frozen weights keep no
 //! gradient, and [`safeguard_model::qwen2_5_vl::train`] runs the per-layer recomputed pass.
 
+pub mod config;
+pub mod data;
 pub mod error;
 pub mod grad;
 pub mod lora;
 pub mod optim;
+pub mod sft;
 
 pub use error::{Result, TrainError};

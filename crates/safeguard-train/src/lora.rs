@@ -187,7 +187,7 @@ impl TrainableLora {
                 continue;
             }
             let mut rng =
-                ChaCha8Rng::seed_from_u64(stream_seed(seed, "lora_A", pairs.len() as u64));
+                ChaCha8Rng::seed_from_u64(stream_seed(seed, &format!("lora_A:{weight}"), 0));
             let bound = 1.0 / (in_dim as f64).sqrt();
             let a: Vec<f32> = (0..spec.r * in_dim)
                 .map(|_| rng.random_range(-bound..bound) as f32)
@@ -202,6 +202,9 @@ impl TrainableLora {
                 b,
             });
         }
+        // One canonical order (by key, as a loaded adapter): the global gradient norm sums
+        // in this order, so a resumed run adds in the same order as a straight one.
+        pairs.sort_by(|x, y| x.key_a.cmp(&y.key_a));
         if pairs.is_empty() {
             return Err(TrainError::Config {
                 reason: format!(

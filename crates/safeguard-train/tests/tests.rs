@@ -2,4 +2,6 @@
 
 mod common;
 mod model_grad;
+mod optim;
 mod parity;
+mod sft;

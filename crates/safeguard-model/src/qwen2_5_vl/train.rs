@@ -57,6 +57,15 @@ impl Default for TrainOptions {
     }
 }
 
+/// A prepared batch: input embeddings `[b, seq, hidden]`, angles, flat indices of the
+/// positions that predict a target, and the target ids.
+struct Batch {
+    x0: Tensor,
+    rope: MRope,
+    select: Tensor,
+    labels: Tensor,
+}
+
 /// What one training pass gives back.
 #[derive(Debug, Clone)]
 pub struct TrainOutput {
@@ -97,6 +106,104 @@ impl Qwen2_5VlModel {
         opts: &TrainOptions,
     ) -> Result<TrainOutput, ModelError> {
         let _span = tracing::trace_span!("train_step", rows = rows.len()).entered();
+        let batch = self.train_batch(rows)?;
+        let Batch {
+            x0,
+            rope,
+            select,
+            labels,
+        } = batch;
+        let mut grads = vec![None; trainable.len()];
+        let text = &self.text;
+        let layers = text.num_layers();
+        let loss_sum = if opts.recompute {
+            // Pass 1, no graph: keep each layer's input.
+            let mut saved = Vec::with_capacity(layers + 1);
+            saved.push(x0.detach());
+            for i in 0..layers {
+                let next = text
+                    .forward_layer(i, saved.last().expect("pushed"), &rope, false)?
+                    .detach();
+                saved.push(next);
+            }
+            // The head on the top layer's output, then each layer from the top.
+            let top = Var::from_tensor(&saved[layers])?;
+            let (loss_sum, top_grad) = self.head_backward(
+                top.as_tensor(),
+                &select,
+                &labels,
+                trainable,
+                opts,
+                &mut grads,
+            )?;
+            let mut g = top_grad.ok_or_else(|| cut("the last decoder layer's output"))?;
+            for i in (0..layers).rev() {
+                let x = Var::from_tensor(&saved[i])?;
+                let y = text.forward_layer(i, x.as_tensor(), &rope, true)?;
+                let store = (y * g.detach())?.sum_all()?.backward()?;
+                collect(&store, trainable, &mut grads)?;
+                g = store
+                    .get(x.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| cut(&format!("the input of decoder layer {i}")))?;
+            }
+            if x0.track_op() {
+                let store = (&x0 * g.detach())?.sum_all()?.backward()?;
+                collect(&store, trainable, &mut grads)?;
+            }
+            loss_sum
+        } else {
+            let mut xs = x0;
+            for i in 0..layers {
+                xs = text.forward_layer(i, &xs, &rope, true)?;
+            }
+            let (loss_sum, _) =
+                self.head_backward(&xs, &select, &labels, trainable, opts, &mut grads)?;
+            loss_sum
+        };
+        Ok(TrainOutput {
+            loss_sum,
+            tokens: labels.dim(0)?,
+            grads,
+        })
+    }
+
+    /// `Σ −log p(target)` and the target count of `rows` without any graph (evaluation loss):
+    /// LoRA pairs detached, the head in chunks of `head_chunk`.
+    pub fn eval_loss(
+        &self,
+        rows: &[TrainRow<'_>],
+        head_chunk: usize,
+    ) -> Result<(f64, usize), ModelError> {
+        let Batch {
+            x0,
+            rope,
+            select,
+            labels,
+        } = self.train_batch(rows)?;
+        let mut xs = x0.detach();
+        for i in 0..self.text.num_layers() {
+            xs = self.text.forward_layer(i, &xs, &rope, false)?.detach();
+        }
+        let hidden = self
+            .text
+            .final_norm(&xs)?
+            .flatten_to(1)?
+            .index_select(&select, 0)?;
+        let n = hidden.dim(0)?;
+        let mut sum = 0f64;
+        for start in (0..n).step_by(head_chunk.max(1)) {
+            let len = head_chunk.max(1).min(n - start);
+            let logits = linear(&hidden.narrow(0, start, len)?, self.lm_head.weight())?;
+            let logits = logits.to_dtype(compute_dtype(logits.dtype()))?;
+            let nll = token_nll(&logits, &labels.narrow(0, start, len)?)?;
+            sum += nll.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok((sum, n))
+    }
+
+    /// Embeddings, M-RoPE angles and target positions of a right-padded batch.
+    fn train_batch(&self, rows: &[TrainRow<'_>]) -> Result<Batch, ModelError> {
         if rows.is_empty() {
             return Err(ModelError::Input {
                 reason: "a training batch needs at least one row".into(),
@@ -155,61 +262,11 @@ impl Qwen2_5VlModel {
                 reason: "the batch has no target token".into(),
             });
         }
-        let select = Tensor::new(select.as_slice(), &device)?;
-        let labels = Tensor::new(labels.as_slice(), &device)?;
-        let x0 = Tensor::stack(&padded, 0)?;
-        let mut grads = vec![None; trainable.len()];
-        let text = &self.text;
-        let layers = text.num_layers();
-        let loss_sum = if opts.recompute {
-            // Pass 1, no graph: keep each layer's input.
-            let mut saved = Vec::with_capacity(layers + 1);
-            saved.push(x0.detach());
-            for i in 0..layers {
-                let next = text
-                    .forward_layer(i, saved.last().expect("pushed"), &rope, false)?
-                    .detach();
-                saved.push(next);
-            }
-            // The head on the top layer's output, then each layer from the top.
-            let top = Var::from_tensor(&saved[layers])?;
-            let (loss_sum, top_grad) = self.head_backward(
-                top.as_tensor(),
-                &select,
-                &labels,
-                trainable,
-                opts,
-                &mut grads,
-            )?;
-            let mut g = top_grad.ok_or_else(|| cut("the last decoder layer's output"))?;
-            for i in (0..layers).rev() {
-                let x = Var::from_tensor(&saved[i])?;
-                let y = text.forward_layer(i, x.as_tensor(), &rope, true)?;
-                let store = (y * g.detach())?.sum_all()?.backward()?;
-                collect(&store, trainable, &mut grads)?;
-                g = store
-                    .get(x.as_tensor())
-                    .cloned()
-                    .ok_or_else(|| cut(&format!("the input of decoder layer {i}")))?;
-            }
-            if x0.track_op() {
-                let store = (&x0 * g.detach())?.sum_all()?.backward()?;
-                collect(&store, trainable, &mut grads)?;
-            }
-            loss_sum
-        } else {
-            let mut xs = x0;
-            for i in 0..layers {
-                xs = text.forward_layer(i, &xs, &rope, true)?;
-            }
-            let (loss_sum, _) =
-                self.head_backward(&xs, &select, &labels, trainable, opts, &mut grads)?;
-            loss_sum
-        };
-        Ok(TrainOutput {
-            loss_sum,
-            tokens: labels.dim(0)?,
-            grads,
+        Ok(Batch {
+            x0: Tensor::stack(&padded, 0)?,
+            rope,
+            select: Tensor::new(select.as_slice(), &device)?,
+            labels: Tensor::new(labels.as_slice(), &device)?,
         })
     }
 

@@ -1,0 +1,250 @@
+//! `run_sft` on the tiny-guard checkpoint (real tokenizer, real images): the losses fall, a
+//! stopped and resumed run equals a straight one bit for bit, and a run directory written by
+//! other settings is refused.
+
+use std::path::{Path, PathBuf};
+
+use safeguard_train::config::SftConfig;
+use safeguard_train::sft::{run_sft, Event, RunOptions};
+
+use crate::common::tiny_guard;
+
+/// Eight recaption-style rows over the two fixture images, in both layouts.
+pub fn write_data(dir: &Path) -> PathBuf {
+    let a = tiny_guard().join("image-a.png");
+    let b = tiny_guard().join("image-b.png");
+    let mut lines = Vec::new();
+    for i in 0..4 {
+        lines.push(serde_json::json!({
+            "messages": [
+                {"role": "user", "content": "<image>Describe the image in detail."},
+                {"role": "assistant", "content": format!("a red square on a white field, number {i}")}
+            ],
+            "images": [a],
+        }));
+        lines.push(serde_json::json!({
+            "image": b,
+            "prompt": "Describe the image in detail.",
+            "target": format!("a blue circle with a knife, item {i}"),
+        }));
+    }
+    let path = dir.join("train.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    path
+}
+
+pub fn config(dir: &Path, extra: &str) -> SftConfig {
+    let data = write_data(dir);
+    let text = format!(
+        r#"
+[model]
+path = "{model}"
+max_pixels = 12544
+
+[data]
+train = "{data}"
+eval_fraction = 0.25
+
+[lora]
+r = 4
+alpha = 8
+target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+[train]
+output_dir = "{out}"
+batch_size = 2
+grad_accum = 1
+learning_rate = 2e-2
+warmup_steps = 1
+save_steps = 3
+eval_steps = 3
+seed = 7
+{extra}
+"#,
+        model = tiny_guard().display(),
+        data = data.display(),
+        out = dir.join("run").display(),
+    );
+    SftConfig::from_toml_str(&text, dir).unwrap()
+}
+
+#[test]
+fn sft_lowers_the_training_and_held_out_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "max_steps = 12");
+    let mut losses = Vec::new();
+    let mut evals = Vec::new();
+    let summary = run_sft(&cfg, &RunOptions::default(), &mut |e| match e {
+        Event::Step(m) => losses.push(m.loss),
+        Event::Eval { loss, .. } => evals.push(*loss),
+        _ => {}
+    })
+    .unwrap();
+    assert!(summary.finished);
+    assert_eq!(losses.len(), 12);
+    assert_eq!(evals.len(), 4, "eval at steps 3, 6, 9, 12");
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[9..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < first - 1.5,
+        "training loss {first} -> {last}: {losses:?} {evals:?}"
+    );
+    assert!(evals[3] < evals[0] - 0.3, "held-out loss {evals:?}");
+    // The final adapter is a PEFT directory; metrics have the documented keys.
+    let adapter = summary.output;
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    let cfg_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg_json["peft_type"], "LORA");
+    assert_eq!(cfg_json["exclude_modules"], ".*visual.*");
+    let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    let first_line: serde_json::Value =
+        serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for key in [
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+        "epoch",
+        "step",
+    ] {
+        assert!(first_line.get(key).is_some(), "metrics line lacks {key}");
+    }
+    assert!(metrics.contains("eval_loss"));
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_stopped_and_resumed_run_equals_a_straight_one_bit_for_bit() {
+    let straight = tempfile::tempdir().unwrap();
+    let cfg = config(straight.path(), "max_steps = 6");
+    run_sft(&cfg, &RunOptions::default(), &mut |_| {}).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let cfg2 = config(split.path(), "max_steps = 6");
+    let half = run_sft(
+        &cfg2,
+        &RunOptions {
+            resume: false,
+            stop_at: Some(3),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!half.finished);
+    // Without --resume the directory is refused, naming what to do.
+    let err = run_sft(&cfg2, &RunOptions::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let mut first_step = None;
+    run_sft(
+        &cfg2,
+        &RunOptions {
+            resume: true,
+            stop_at: None,
+        },
+        &mut |e| {
+            if let Event::Started { start_step, .. } = e {
+                first_step = Some(*start_step);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(first_step, Some(3));
+    for file in [
+        "adapter/adapter_model.safetensors",
+        "checkpoint-6/optimizer.safetensors",
+        "checkpoint-6/adapter/adapter_model.safetensors",
+    ] {
+        assert!(
+            bytes(&straight.path().join("run").join(file))
+                == bytes(&split.path().join("run").join(file)),
+            "{file} differs between the straight and the resumed run"
+        );
+    }
+    // The metrics agree too, apart from timings.
+    let strip = |p: &Path| -> Vec<(u64, String)> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let key = v.get("loss").or(v.get("eval_loss")).unwrap().to_string();
+                (v["step"].as_u64().unwrap(), key)
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&straight.path().join("run/metrics.jsonl")),
+        strip(&split.path().join("run/metrics.jsonl"))
+    );
+}
+
+#[test]
+fn a_run_directory_of_other_settings_is_refused_naming_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "max_steps = 1");
+    run_sft(&cfg, &RunOptions::default(), &mut |_| {}).unwrap();
+    let mut other = cfg.clone();
+    other.train.learning_rate = 1e-3;
+    other.lora.as_mut().unwrap().r = 8;
+    let err = run_sft(
+        &other,
+        &RunOptions {
+            resume: true,
+            stop_at: None,
+        },
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("train.learning_rate"), "{err}");
+    assert!(err.contains("lora.r"), "{err}");
+    // Cadence settings are not part of the identity.
+    let mut cadence = cfg.clone();
+    cadence.train.logging_steps = 5;
+    cadence.train.max_steps = Some(1);
+    run_sft(
+        &cadence,
+        &RunOptions {
+            resume: true,
+            stop_at: None,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+}
+
+#[test]
+fn unknown_config_keys_and_bad_values_are_errors_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"q_proj\"]\n[train]\noutput_dir = \"o\"\nlearning_rate = 1e-4\n";
+    SftConfig::from_toml_str(base, tmp.path()).unwrap();
+    let err = SftConfig::from_toml_str(&format!("{base}lerning_rate = 1.0\n"), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lerning_rate"), "{err}");
+    let err = SftConfig::from_toml_str(&base.replace("\"q_proj\"", "\"qproj\""), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("qproj"), "{err}");
+    let err = SftConfig::from_toml_str(&format!("preset = \"nope\"\n{base}"), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("paper"), "{err}");
+    // A preset is a base that the file overrides.
+    let cfg = SftConfig::from_toml_str(
+        "preset = \"paper\"\n[data]\ntrain = \"mine.jsonl\"\n",
+        tmp.path(),
+    )
+    .unwrap();
+    let spec = cfg.lora.unwrap();
+    assert_eq!((spec.r, spec.alpha), (64, 128.0));
+    assert_eq!(cfg.train.learning_rate, 1e-4);
+    assert!(cfg.data.train.ends_with("mine.jsonl"));
+}
