@@ -11,3 +11,4 @@ mod policy_cmd;
 mod preprocess;
 mod report_cmd;
 mod serve_cmd;
+mod train_cmd;

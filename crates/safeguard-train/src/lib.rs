@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod grad;
 pub mod lora;
+pub mod merge;
 pub mod optim;
 pub mod sft;
 

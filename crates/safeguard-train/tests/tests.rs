@@ -1,6 +1,7 @@
 //! Integration tests of safeguard-train (one binary).
 
 mod common;
+mod merge;
 mod model_grad;
 mod optim;
 mod parity;

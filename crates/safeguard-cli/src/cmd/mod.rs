@@ -10,6 +10,7 @@ mod metrics;
 mod policy;
 mod report;
 mod serve;
+mod train;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the moderation API over HTTP (/v1/moderate, OpenAI-compatible /v1/moderations).
     Serve(serve::ServeArgs),
+    /// Training: Stage 1 SFT with LoRA, presets, merging an adapter into its base.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Low-level tools for checking parity with the reference implementation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => report::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Train(cmd) => train::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }

@@ -12,10 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use safeguard_engine::candle_core::{DType, Tensor};
 use safeguard_engine::hub::{resolve_model, HubOptions};
-use safeguard_engine::tokenizer::expand_id_list;
 use safeguard_engine::weights::parse_dtype;
 use safeguard_engine::{load_model, parse_device, LoadOptions};
-use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt, VisionInputs};
+use safeguard_model::qwen2_5_vl::{KvCache, Logits, Prompt};
 use safeguard_vision::PreprocessConfig;
 
 #[derive(Debug, clap::Args)]
@@ -92,45 +91,9 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
     let opts = args.validate()?;
     let loaded = load_model(&opts.model_dir, &opts.load)?;
     let cfg = &loaded.config;
-    let vision = &cfg.vision_config;
-    if opts.preprocess.patch_dim() != vision.patch_dim() {
-        anyhow::bail!(
-            "preprocessor_config.json gives {} values per patch but the model expects {}",
-            opts.preprocess.patch_dim(),
-            vision.patch_dim()
-        );
-    }
-    let images = opts
-        .images
-        .iter()
-        .map(|p| super::load_image(p, &opts.preprocess))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
-    let tokens: Vec<usize> = images
-        .iter()
-        .map(|i| i.num_image_tokens(vision.spatial_merge_size))
-        .collect();
-    let special = (
-        cfg.vision_start_token_id,
-        cfg.image_token_id,
-        cfg.vision_end_token_id,
-    );
-    let ids = expand_id_list(&opts.input_ids, &tokens, special)?;
+    let (ids, grids, embeds, tokens) =
+        super::prepare_input(&loaded, &opts.images, &opts.preprocess, &opts.input_ids)?;
     let hidden = cfg.text_config.hidden_size;
-    let embeds = if images.is_empty() {
-        None
-    } else {
-        let pixels: Vec<f32> = images
-            .iter()
-            .flat_map(|i| i.pixel_values.iter().copied())
-            .collect();
-        let rows = pixels.len() / vision.patch_dim();
-        let pixel_values = Tensor::from_vec(pixels, (rows, vision.patch_dim()), &opts.load.device)?;
-        Some(loaded.model.embed_images(&VisionInputs {
-            pixel_values,
-            grid_thw: grids.clone(),
-        })?)
-    };
     let prompt = Prompt {
         input_ids: &ids,
         grids: &grids,
@@ -159,7 +122,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
         "{} tokens ({} image tokens from {} images, grids {:?}); wrote {} and {}",
         ids.len(),
         tokens.iter().sum::<usize>(),
-        images.len(),
+        tokens.len(),
         grids,
         logits_path.display(),
         embeds_path.display()
