@@ -39,7 +39,7 @@ mod error;
 pub use candle_core;
 pub use error::EngineError;
 pub use local::{LocalGuard, LocalGuardOptions};
-pub use weights::{load_model, LoadOptions, LoadedModel, LoraMode};
+pub use weights::{load_model, load_model_with, LoadOptions, LoadedModel, LoraMode};
 
 /// Parses a device name: `cpu`, `cuda` or `cuda:N`. CUDA needs a build with the `cuda`
 /// feature (`cargo build -p safeguard-cli --features safeguard-engine/cuda`) and a GPU.

@@ -192,6 +192,17 @@ pub struct LoadedModel {
 ///
 /// A missing or mis-shaped tensor fails with an error naming it.
 pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineError> {
+    load_model_with(dir, opts, |backend, _| backend)
+}
+
+/// [`load_model`] with the weight source wrapped by `wrap`, which gets the checkpoint's backend
+/// (after any merged LoRA) and layout and returns the backend the model is built from
+/// (training wraps the weights it trains into `Var`s this way).
+pub fn load_model_with(
+    dir: &Path,
+    opts: &LoadOptions,
+    wrap: impl FnOnce(Box<dyn SimpleBackend>, WeightLayout) -> Box<dyn SimpleBackend>,
+) -> Result<LoadedModel, EngineError> {
     let config = load_config(dir)?;
     let files = find_weights(dir)?;
     // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
@@ -228,6 +239,7 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, EngineE
     if let (Some(adapter), LoraMode::Merged) = (&adapter, opts.lora_mode) {
         backend = Box::new(MergedLoraBackend::new(backend, adapter.clone())?);
     }
+    let backend = wrap(backend, layout);
     let vb = VarBuilder::from_backend(backend, opts.dtype, opts.device.clone());
     let mut model = Qwen2_5VlModel::new(&config, layout, vb)?;
     if let (Some(adapter), LoraMode::Separate) = (&adapter, opts.lora_mode) {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod full;
 pub mod grad;
 pub mod lora;
 pub mod merge;

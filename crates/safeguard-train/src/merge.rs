@@ -10,6 +10,7 @@
 //! generation configs, chat template).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -33,20 +34,32 @@ pub struct MergeSummary {
     pub copied: Vec<String>,
 }
 
-/// One output tensor, produced when the writer asks for its bytes.
+/// One output tensor, produced when the writer asks for its bytes: a replacement, or the
+/// source tensor plus the adapter's delta if it has one.
 struct Lazy<'a> {
     name: String,
     shape: Vec<usize>,
     dtype: DType,
     source: &'a MmapedSafetensors,
-    adapter: &'a LoraAdapter,
+    adapter: Option<&'a LoraAdapter>,
+    replacement: Option<&'a Tensor>,
     error: &'a std::sync::Mutex<Option<String>>,
 }
 
 impl Lazy<'_> {
     fn compute(&self) -> candle_core::Result<Tensor> {
+        if let Some(t) = self.replacement {
+            return t
+                .to_device(&Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .contiguous();
+        }
         let base = self.source.load(&self.name, &Device::Cpu)?;
-        match self.adapter.delta(&self.name, &Device::Cpu)? {
+        let delta = match self.adapter {
+            Some(a) => a.delta(&self.name, &Device::Cpu)?,
+            None => None,
+        };
+        match delta {
             None => base.to_dtype(self.dtype),
             Some(delta) => {
                 if delta.dims() != base.dims() {
@@ -98,15 +111,10 @@ impl safetensors::View for Lazy<'_> {
     }
 }
 
-/// Merges the adapter in `adapter_dir` into the checkpoint in `model_dir` and writes the result
-/// to `out` (created; must not hold a checkpoint already). `dtype` converts every floating
-/// tensor (default: keep each tensor's).
-pub fn merge_adapter(
+/// The checkpoint's tensors (sorted by name) and its memory-mapped files.
+fn open_checkpoint(
     model_dir: &Path,
-    adapter_dir: &Path,
-    out: &Path,
-    dtype: Option<DType>,
-) -> Result<MergeSummary> {
+) -> Result<(MmapedSafetensors, Vec<(String, Vec<usize>, DType)>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
         .map_err(io(model_dir))?
         .flatten()
@@ -120,53 +128,48 @@ pub fn merge_adapter(
             reason: "no *.safetensors weights".into(),
         });
     }
-    if out.join("model.safetensors").exists() || out.join("config.json").exists() {
-        return Err(TrainError::Config {
-            reason: format!(
-                "{} already holds a checkpoint: choose an empty --out",
-                out.display()
-            ),
-        });
-    }
-    // SAFETY: read-only maps of files nobody writes while we merge.
+    // SAFETY: read-only maps of files nobody writes while we read them.
     let source = unsafe { MmapedSafetensors::multi(&files)? };
-    let names: Vec<(String, Vec<usize>, DType)> = {
-        let mut v: Vec<_> = source
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                let dt = match view.dtype() {
-                    safetensors::Dtype::F16 => DType::F16,
-                    safetensors::Dtype::BF16 => DType::BF16,
-                    safetensors::Dtype::F64 => DType::F64,
-                    _ => DType::F32,
-                };
-                (name, view.shape().to_vec(), dt)
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let has = |n: &str| names.iter().any(|(m, _, _)| m == n);
-    let layout = WeightLayout::detect(has).ok_or_else(|| TrainError::File {
-        path: model_dir.to_path_buf(),
-        reason: "not a Qwen2.5-VL checkpoint (no token embedding)".into(),
-    })?;
-    let adapter = load_lora(adapter_dir, layout)?;
-    let mut missing: Vec<&str> = adapter.targets().filter(|t| !has(t)).collect();
-    missing.sort_unstable();
-    if let Some(first) = missing.first() {
-        return Err(TrainError::Config {
-            reason: format!(
-                "the adapter targets `{first}`, which {} does not hold: another base model?",
-                model_dir.display()
-            ),
+    let mut names: Vec<_> = source
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dt = match view.dtype() {
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F64 => DType::F64,
+                _ => DType::F32,
+            };
+            (name, view.shape().to_vec(), dt)
+        })
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((source, names))
+}
+
+/// Writes a checkpoint directory `out`: every tensor of `model_dir`'s checkpoint under its
+/// name (with the adapter's delta added, or replaced by `replacements[name]`), floating
+/// tensors in `dtype` if given, plus copies of the other files. Returns the tensors written
+/// and the files copied.
+fn write_checkpoint(
+    model_dir: &Path,
+    out: &Path,
+    adapter: Option<&LoraAdapter>,
+    replacements: &HashMap<String, Tensor>,
+    dtype: Option<DType>,
+) -> Result<(usize, PathBuf, Vec<String>)> {
+    let (source, names) = open_checkpoint(model_dir)?;
+    let mut unknown: Vec<&String> = replacements
+        .keys()
+        .filter(|k| !names.iter().any(|(n, _, _)| n == *k))
+        .collect();
+    unknown.sort();
+    if let Some(first) = unknown.first() {
+        return Err(TrainError::File {
+            path: model_dir.to_path_buf(),
+            reason: format!("holds no tensor `{first}` to replace"),
         });
     }
-    let merged = names
-        .iter()
-        .filter(|(n, _, _)| adapter.targets().any(|t| t == n))
-        .count();
     std::fs::create_dir_all(out).map_err(io(out))?;
     let error = std::sync::Mutex::new(None);
     let views: Vec<(String, Lazy<'_>)> = names
@@ -178,9 +181,15 @@ pub fn merge_adapter(
                 Lazy {
                     name: name.clone(),
                     shape: shape.clone(),
-                    dtype: if float { dtype.unwrap_or(*dt) } else { *dt },
+                    // A replacement keeps its own dtype (trained f32 weights stay exact).
+                    dtype: match (replacements.get(name), float) {
+                        (_, false) => *dt,
+                        (Some(t), true) => dtype.unwrap_or(t.dtype()),
+                        (None, true) => dtype.unwrap_or(*dt),
+                    },
                     source: &source,
-                    adapter: &adapter,
+                    adapter,
+                    replacement: replacements.get(name),
                     error: &error,
                 },
             )
@@ -188,7 +197,7 @@ pub fn merge_adapter(
         .collect();
     let weights = out.join("model.safetensors");
     let tmp = out.join("model.safetensors.tmp");
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| TrainError::File {
         path: weights.clone(),
         reason: e.to_string(),
@@ -218,8 +227,62 @@ pub fn merge_adapter(
     if let Some(dt) = dtype {
         set_config_dtype(&out.join("config.json"), dt)?;
     }
+    Ok((names.len(), weights, copied))
+}
+
+/// Writes `model_dir`'s checkpoint to `out` with the tensors of `replacements` (by checkpoint
+/// name: a fully fine-tuned model) in place of the originals; every name must exist there.
+pub fn save_replaced(
+    model_dir: &Path,
+    out: &Path,
+    replacements: &HashMap<String, Tensor>,
+    dtype: Option<DType>,
+) -> Result<()> {
+    write_checkpoint(model_dir, out, None, replacements, dtype).map(|_| ())
+}
+
+/// Merges the adapter in `adapter_dir` into the checkpoint in `model_dir` and writes the result
+/// to `out` (created; must not hold a checkpoint already). `dtype` converts every floating
+/// tensor (default: keep each tensor's).
+pub fn merge_adapter(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    out: &Path,
+    dtype: Option<DType>,
+) -> Result<MergeSummary> {
+    if out.join("model.safetensors").exists() || out.join("config.json").exists() {
+        return Err(TrainError::Config {
+            reason: format!(
+                "{} already holds a checkpoint: choose an empty --out",
+                out.display()
+            ),
+        });
+    }
+    let (_, names) = open_checkpoint(model_dir)?;
+    let has = |n: &str| names.iter().any(|(m, _, _)| m == n);
+    let layout = WeightLayout::detect(has).ok_or_else(|| TrainError::File {
+        path: model_dir.to_path_buf(),
+        reason: "not a Qwen2.5-VL checkpoint (no token embedding)".into(),
+    })?;
+    let adapter = load_lora(adapter_dir, layout)?;
+    let mut missing: Vec<&str> = adapter.targets().filter(|t| !has(t)).collect();
+    missing.sort_unstable();
+    if let Some(first) = missing.first() {
+        return Err(TrainError::Config {
+            reason: format!(
+                "the adapter targets `{first}`, which {} does not hold: another base model?",
+                model_dir.display()
+            ),
+        });
+    }
+    let merged = names
+        .iter()
+        .filter(|(n, _, _)| adapter.targets().any(|t| t == n))
+        .count();
+    let (tensors, weights, copied) =
+        write_checkpoint(model_dir, out, Some(&adapter), &HashMap::new(), dtype)?;
     Ok(MergeSummary {
-        tensors: names.len(),
+        tensors,
         merged,
         weights,
         copied,

@@ -23,14 +23,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use safeguard_engine::hub::{resolve_model, HubOptions};
 use safeguard_engine::tokenizer::QwenTokenizer;
 use safeguard_engine::weights::parse_dtype;
-use safeguard_engine::{load_model, parse_device, LoadOptions, LoadedModel};
+use safeguard_engine::{load_model, load_model_with, parse_device, LoadOptions, LoadedModel};
 use safeguard_model::qwen2_5_vl::train::{TrainOptions, TrainRow};
 use safeguard_model::qwen2_5_vl::{Prompt, Qwen2_5VlModel, VisionInputs, WeightLayout};
 use safeguard_vision::{decode_image, image_tokens, preprocess, DecodeLimits, PreprocessConfig};
@@ -40,6 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{differences, Mode, PeftLayout, SftConfig};
 use crate::data::{read_jsonl, tokenize, Tokenized};
 use crate::error::{io, Result, TrainError};
+use crate::full::{FullParams, TrainableBackend};
 use crate::lora::{stream_seed, TrainableLora};
 use crate::optim::{clip_grad_norm, AdamW};
 
@@ -188,18 +191,41 @@ struct Setup {
     data_hash: String,
 }
 
-fn load_setup(cfg: &SftConfig) -> Result<Setup> {
+/// Loads the model (weights from `weights_from` when resuming a full fine-tune), the tokenizer,
+/// the preprocessor settings and the data. In full mode the language model's weights are
+/// `Var`s, returned as [`FullParams`].
+fn load_setup(cfg: &SftConfig, weights_from: Option<&Path>) -> Result<(Setup, Option<FullParams>)> {
     let dir = resolve_model(&cfg.model.path, &HubOptions::default())?;
     let dtype = parse_dtype(&cfg.model.dtype)?;
     let device = parse_device(&cfg.model.device)?;
-    let LoadedModel { model, layout, .. } = load_model(
-        &dir,
-        &LoadOptions {
-            dtype,
-            device: device.clone(),
-            ..LoadOptions::default()
-        },
-    )?;
+    let load = LoadOptions {
+        dtype,
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    let (LoadedModel { model, layout, .. }, full) = match cfg.train.mode {
+        Mode::Lora => (load_model(&dir, &load)?, None),
+        Mode::Full => {
+            if dtype != DType::F32 {
+                return Err(TrainError::Config {
+                    reason: format!(
+                        "train.mode = \"full\" trains the weights in place and needs model.dtype = \"f32\" (not {}): bf16 weights round small updates away",
+                        cfg.model.dtype
+                    ),
+                });
+            }
+            let source = weights_from.unwrap_or(&dir);
+            let made = Arc::new(Mutex::new(Vec::new()));
+            let sink = made.clone();
+            let loaded = load_model_with(source, &load, move |inner, layout| {
+                Box::new(TrainableBackend::new(inner, layout, sink))
+            })?;
+            // Frozen tensors and other files are always copied from the base checkpoint
+            // (older checkpoints of the run are rotated away).
+            let params = FullParams::new(&made, &dir);
+            (loaded, Some(params))
+        }
+    };
     let tokenizer = QwenTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let mut preprocess =
         PreprocessConfig::from_model_dir(&dir).map_err(|e| TrainError::Config {
@@ -277,16 +303,19 @@ fn load_setup(cfg: &SftConfig) -> Result<Setup> {
             ),
         });
     }
-    Ok(Setup {
-        model,
-        layout,
-        device,
-        preprocess,
-        train,
-        eval,
-        skipped,
-        data_hash,
-    })
+    Ok((
+        Setup {
+            model,
+            layout,
+            device,
+            preprocess,
+            train,
+            eval,
+            skipped,
+            data_hash,
+        },
+        full,
+    ))
 }
 
 fn load_image(path: &Path) -> Result<image::RgbImage, String> {
@@ -439,28 +468,67 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::write(path, text).map_err(io(path))
 }
 
+/// What a run trains: a LoRA adapter or the whole language model.
+enum Params {
+    Lora(TrainableLora),
+    Full(FullParams),
+}
+
+impl Params {
+    fn vars(&self) -> Vec<Var> {
+        match self {
+            Params::Lora(l) => l.vars(),
+            Params::Full(f) => f.vars(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Params::Lora(l) => l.names(),
+            Params::Full(f) => f.names(),
+        }
+    }
+
+    fn parameter_count(&self) -> usize {
+        match self {
+            Params::Lora(l) => l.parameter_count(),
+            Params::Full(f) => f.parameter_count(),
+        }
+    }
+
+    /// The folder name of the weights inside a checkpoint or the run directory.
+    fn dir_name(&self) -> &'static str {
+        match self {
+            Params::Lora(_) => "adapter",
+            Params::Full(_) => "model",
+        }
+    }
+
+    fn save(&self, dir: &Path, base_model: &str) -> Result<()> {
+        match self {
+            Params::Lora(l) => l.save(dir, Some(base_model)),
+            Params::Full(f) => f.save(dir),
+        }
+    }
+}
+
 /// Runs (or resumes) the SFT run `cfg` describes, reporting progress to `on_event`.
 pub fn run_sft(
     cfg: &SftConfig,
     opts: &RunOptions,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Summary> {
-    if cfg.train.mode == Mode::Full {
-        return Err(TrainError::Config {
-            reason: "train.mode = \"full\" is not implemented for SFT yet: use LoRA".into(),
-        });
-    }
-    let spec = cfg.lora.as_ref().expect("validated: lora mode has a spec");
-    if spec.dropout > 0.0 {
-        return Err(TrainError::Config {
-            reason: format!(
-                "lora.dropout = {} is not implemented in training yet: set 0.0",
-                spec.dropout
-            ),
-        });
+    if let Some(spec) = &cfg.lora {
+        if spec.dropout > 0.0 {
+            return Err(TrainError::Config {
+                reason: format!(
+                    "lora.dropout = {} is not implemented in training yet: set 0.0",
+                    spec.dropout
+                ),
+            });
+        }
     }
     let out_dir = &cfg.train.output_dir;
-    let mut setup = load_setup(cfg)?;
     let identity = cfg.identity();
     let config_hash = sha256_hex(
         serde_json::to_string(&identity)
@@ -469,12 +537,8 @@ pub fn run_sft(
     );
     let run_path = out_dir.join("run.json");
     let existing = checkpoints(out_dir);
-    if run_path.is_file() {
-        let text = std::fs::read_to_string(&run_path).map_err(io(&run_path))?;
-        let old: RunRecord = serde_json::from_str(&text).map_err(|e| TrainError::File {
-            path: run_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let old: Option<RunRecord> = if run_path.is_file() {
+        let old: RunRecord = read_json(&run_path)?;
         let diffs = differences(&old.identity, &identity);
         if !diffs.is_empty() {
             return Err(TrainError::Resume {
@@ -483,12 +547,6 @@ pub fn run_sft(
                     "it was written by other settings ({}); use another train.output_dir",
                     diffs.join("; ")
                 ),
-            });
-        }
-        if old.data_hash != setup.data_hash {
-            return Err(TrainError::Resume {
-                path: out_dir.clone(),
-                reason: "the data files changed since it was written".into(),
             });
         }
         if !opts.resume && !existing.is_empty() {
@@ -500,11 +558,46 @@ pub fn run_sft(
                 ),
             });
         }
-    } else if out_dir.join("metrics.jsonl").exists() || !existing.is_empty() {
-        return Err(TrainError::Resume {
-            path: out_dir.clone(),
-            reason: "it holds training output but no run.json".into(),
-        });
+        Some(old)
+    } else {
+        if out_dir.join("metrics.jsonl").exists() || !existing.is_empty() {
+            return Err(TrainError::Resume {
+                path: out_dir.clone(),
+                reason: "it holds training output but no run.json".into(),
+            });
+        }
+        None
+    };
+    let resume_from = if opts.resume {
+        existing.last().cloned()
+    } else {
+        None
+    };
+    let state = match &resume_from {
+        None => None,
+        Some((step, path)) => {
+            let state: TrainerState = read_json(&path.join("trainer_state.json"))?;
+            if state.config_hash != config_hash || state.global_step != *step {
+                return Err(TrainError::Resume {
+                    path: path.clone(),
+                    reason: "its trainer_state.json does not belong to this run".into(),
+                });
+            }
+            Some(state)
+        }
+    };
+    let full_from = match (&resume_from, cfg.train.mode) {
+        (Some((_, path)), Mode::Full) => Some(path.join("model")),
+        _ => None,
+    };
+    let (mut setup, full) = load_setup(cfg, full_from.as_deref())?;
+    if let Some(old) = &old {
+        if old.data_hash != setup.data_hash {
+            return Err(TrainError::Resume {
+                path: out_dir.clone(),
+                reason: "the data files changed since it was written".into(),
+            });
+        }
     }
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     write_json(
@@ -522,33 +615,25 @@ pub fn run_sft(
         PeftLayout::Legacy => WeightLayout::Legacy,
     };
     let (per_epoch, total) = step_counts(cfg, setup.train.len());
-    let resume_from = if opts.resume {
-        existing.last().cloned()
-    } else {
-        None
-    };
-    let (lora, start) = match &resume_from {
-        None => (
-            TrainableLora::init(&mut setup.model, spec, keys, cfg.train.seed, &setup.device)?,
-            0,
-        ),
-        Some((step, path)) => {
-            let state: TrainerState = read_json(&path.join("trainer_state.json"))?;
-            if state.config_hash != config_hash || state.global_step != *step {
-                return Err(TrainError::Resume {
-                    path: path.clone(),
-                    reason: "its trainer_state.json does not belong to this run".into(),
-                });
-            }
-            (
-                TrainableLora::load(&path.join("adapter"), setup.layout, &setup.device)?,
-                *step,
-            )
+    let start = state.as_ref().map_or(0, |s| s.global_step);
+    let params = match (full, &resume_from) {
+        (Some(full), _) => Params::Full(full),
+        (None, None) => {
+            let spec = cfg.lora.as_ref().expect("validated: lora mode has a spec");
+            let lora =
+                TrainableLora::init(&mut setup.model, spec, keys, cfg.train.seed, &setup.device)?;
+            lora.attach(&mut setup.model)?;
+            Params::Lora(lora)
+        }
+        (None, Some((_, path))) => {
+            let lora = TrainableLora::load(&path.join("adapter"), setup.layout, &setup.device)?;
+            lora.attach(&mut setup.model)?;
+            Params::Lora(lora)
         }
     };
-    lora.attach(&mut setup.model)?;
-    let vars = lora.vars();
-    let mut opt = AdamW::new(cfg.optim, &vars, lora.names())?;
+    let vars = params.vars();
+    let names = params.names();
+    let mut opt = AdamW::new(cfg.optim, &vars, names.clone())?;
     if let Some((_, path)) = &resume_from {
         opt.load(&path.join("optimizer.safetensors"), &setup.device)?;
         if opt.step != start {
@@ -574,7 +659,7 @@ pub fn run_sft(
         train_examples: setup.train.len(),
         eval_examples: setup.eval.len(),
         skipped: setup.skipped,
-        parameters: lora.parameter_count(),
+        parameters: params.parameter_count(),
     });
     let warmup = warmup(cfg, total);
     let stop = opts.stop_at.map_or(total, |s| s.min(total));
@@ -589,7 +674,7 @@ pub fn run_sft(
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        lora.save(&tmp.join("adapter"), Some(&base_model))?;
+        params.save(&tmp.join(params.dir_name()), &base_model)?;
         opt.save(&tmp.join("optimizer.safetensors"))?;
         let next = Cursor {
             epoch: step / per_epoch,
@@ -649,14 +734,21 @@ pub fn run_sft(
                 }
             }
         }
-        let names = lora.names();
         let mut grads: Vec<Tensor> = grads
             .into_iter()
+            .zip(&vars)
             .zip(&names)
-            .map(|(g, name)| {
-                g.ok_or_else(|| TrainError::Config {
+            .map(|((g, var), name)| match (g, &params) {
+                (Some(g), _) => Ok(g),
+                // A full fine-tune has weights a batch may not reach (embedding rows of
+                // tokens it lacks come back as zeros; a weight with no path at all is a bug
+                // only for LoRA, whose every pair sits on the path).
+                (None, Params::Full(_)) => {
+                    Ok(Tensor::zeros(var.shape(), DType::F32, var.device())?)
+                }
+                (None, Params::Lora(_)) => Err(TrainError::Config {
                     reason: format!("no gradient reached `{name}`: a cut in the training graph"),
-                })
+                }),
             })
             .collect::<Result<_>>()?;
         let loss = loss_sum / targets as f64;
@@ -720,8 +812,8 @@ pub fn run_sft(
     }
     let finished = stop == total;
     let output = if finished {
-        let dir = out_dir.join("adapter");
-        lora.save(&dir, Some(&base_model))?;
+        let dir = out_dir.join(params.dir_name());
+        params.save(&dir, &base_model)?;
         dir
     } else {
         out_dir.join(format!("checkpoint-{stop}"))

@@ -157,3 +157,106 @@ fn micro_batches_accumulate_to_one_batch() {
         assert!(err < 1e-5, "{err}");
     }
 }
+
+#[test]
+fn full_fine_tuning_directional_derivatives_match_central_differences_in_f64() {
+    use std::sync::{Arc, Mutex};
+
+    use safeguard_engine::load_model_with;
+    use safeguard_train::full::{FullParams, TrainableBackend};
+
+    // tiny-a has its own LM head, tiny-b ties it to the embedding.
+    for variant in ["tiny-a", "tiny-b"] {
+        let dir = model_fixtures().join(variant);
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let sink = made.clone();
+        let opts = LoadOptions {
+            dtype: DType::F64,
+            ..LoadOptions::default()
+        };
+        let loaded = load_model_with(&dir, &opts, move |inner, layout| {
+            Box::new(TrainableBackend::new(inner, layout, sink))
+        })
+        .unwrap();
+        let params = FullParams::new(&made, &dir);
+        let names = params.names();
+        assert!(
+            names.iter().any(|n| n.ends_with("embed_tokens.weight")),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.contains("visual")),
+            "the vision tower stays frozen"
+        );
+        let vars = params.vars();
+        let ids: [u32; 10] = [5, 17, 33, 250, 7, 99, 12, 401, 3, 77];
+        let t = targets(ids.len(), 3);
+        let rows = [TrainRow {
+            prompt: Prompt {
+                input_ids: &ids,
+                grids: &[],
+                image_embeds: None,
+            },
+            targets: &t,
+        }];
+        let opts = TrainOptions::default();
+        let out = loaded.model.train_step(&rows, &vars, &opts).unwrap();
+        for (name, g) in names.iter().zip(&out.grads) {
+            assert!(g.is_some(), "{variant}: no gradient for {name}");
+        }
+        let theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
+        let dirs: Vec<Tensor> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut x = i as u64 + 7;
+                let data: Vec<f64> = (0..v.elem_count())
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+                    })
+                    .collect();
+                let keep = std::env::var("DBG").map_or(true, |f| names[i].contains(&f));
+                let t = Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap();
+                if keep {
+                    t
+                } else {
+                    t.zeros_like().unwrap()
+                }
+            })
+            .collect();
+        let analytic: f64 = out
+            .grads
+            .iter()
+            .zip(&dirs)
+            .map(|(g, d)| {
+                (g.as_ref().unwrap() * d)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        let h = 1e-6;
+        let loss_at = |step: f64| {
+            for ((v, t0), d) in vars.iter().zip(&theta).zip(&dirs) {
+                v.set(&(t0 + (d * step).unwrap()).unwrap()).unwrap();
+            }
+            let none: [Var; 0] = [];
+            loaded
+                .model
+                .train_step(&rows, &none, &opts)
+                .unwrap()
+                .loss_sum
+        };
+        let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+        let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        assert!(
+            err < 1e-6,
+            "{variant}: autograd {analytic} vs numeric {numeric}"
+        );
+    }
+}

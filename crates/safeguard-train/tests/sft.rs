@@ -46,11 +46,7 @@ max_pixels = 12544
 train = "{data}"
 eval_fraction = 0.25
 
-[lora]
-r = 4
-alpha = 8
-target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
+{lora}
 [train]
 output_dir = "{out}"
 batch_size = 2
@@ -65,6 +61,11 @@ seed = 7
         model = tiny_guard().display(),
         data = data.display(),
         out = dir.join("run").display(),
+        lora = if extra.contains("mode = \"full\"") {
+            ""
+        } else {
+            "[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n"
+        },
     );
     SftConfig::from_toml_str(&text, dir).unwrap()
 }
@@ -247,4 +248,82 @@ fn unknown_config_keys_and_bad_values_are_errors_naming_them() {
     assert_eq!((spec.r, spec.alpha), (64, 128.0));
     assert_eq!(cfg.train.learning_rate, 1e-4);
     assert!(cfg.data.train.ends_with("mine.jsonl"));
+}
+
+#[test]
+fn full_fine_tuning_trains_every_language_model_weight_and_resumes_exactly() {
+    let extra = "mode = \"full\"\nmax_steps = 4\n";
+    let make = |dir: &Path| {
+        let mut cfg = config(dir, extra);
+        cfg.train.learning_rate = 1e-3;
+        cfg
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let cfg = make(straight.path());
+    let mut losses = Vec::new();
+    let mut parameters = 0;
+    let summary = run_sft(&cfg, &RunOptions::default(), &mut |e| match e {
+        Event::Step(m) => losses.push(m.loss),
+        Event::Started { parameters: p, .. } => parameters = *p,
+        _ => {}
+    })
+    .unwrap();
+    assert!(losses[3] < losses[0], "{losses:?}");
+    // Embedding, LM head, norms and every projection: far more than any adapter.
+    let base = safeguard_engine::load_model(&tiny_guard(), &Default::default()).unwrap();
+    let text = &base.config.text_config;
+    assert!(
+        parameters > 2 * text.vocab_size * text.hidden_size,
+        "{parameters}"
+    );
+    // The saved checkpoint loads as a plain model and differs from the base.
+    assert!(summary.output.ends_with("model"));
+    let trained = safeguard_engine::load_model(&summary.output, &Default::default()).unwrap();
+    let ids: Vec<u32> = vec![1, 2, 3, 4, 5];
+    let prompt = safeguard_model::qwen2_5_vl::Prompt {
+        input_ids: &ids,
+        grids: &[],
+        image_embeds: None,
+    };
+    let last = safeguard_model::qwen2_5_vl::Logits::Last;
+    let a = base
+        .model
+        .forward(&prompt, &mut Default::default(), last)
+        .unwrap();
+    let b = trained
+        .model
+        .forward(&prompt, &mut Default::default(), last)
+        .unwrap();
+    assert!(crate::common::rel_err(&b, &a) > 1e-4);
+
+    let split = tempfile::tempdir().unwrap();
+    let cfg2 = make(split.path());
+    run_sft(
+        &cfg2,
+        &RunOptions {
+            resume: false,
+            stop_at: Some(2),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    run_sft(
+        &cfg2,
+        &RunOptions {
+            resume: true,
+            stop_at: None,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    for file in [
+        "model/model.safetensors",
+        "checkpoint-4/optimizer.safetensors",
+    ] {
+        assert!(
+            bytes(&straight.path().join("run").join(file))
+                == bytes(&split.path().join("run").join(file)),
+            "{file} differs between the straight and the resumed full fine-tune"
+        );
+    }
 }

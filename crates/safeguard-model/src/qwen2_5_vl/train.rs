@@ -85,8 +85,11 @@ fn collect(
 ) -> candle_core::Result<()> {
     for (var, slot) in vars.iter().zip(acc.iter_mut()) {
         if let Some(g) = store.get(var.as_tensor()) {
+            // Gradients computed through a `Var` weight record ops of their own: detach, or
+            // they keep that graph alive and feed it into later backward passes.
+            let g = g.detach();
             *slot = Some(match slot.take() {
-                None => g.clone(),
+                None => g,
                 Some(prev) => (prev + g)?,
             });
         }
@@ -144,7 +147,7 @@ impl Qwen2_5VlModel {
                 collect(&store, trainable, &mut grads)?;
                 g = store
                     .get(x.as_tensor())
-                    .cloned()
+                    .map(Tensor::detach)
                     .ok_or_else(|| cut(&format!("the input of decoder layer {i}")))?;
             }
             if x0.track_op() {
@@ -305,14 +308,14 @@ impl Qwen2_5VlModel {
             hidden_grads.push(
                 store
                     .get(part.as_tensor())
-                    .cloned()
+                    .map(Tensor::detach)
                     .ok_or_else(|| cut("the LM head input"))?,
             );
         }
         let g = Tensor::cat(&hidden_grads, 0)?.to_dtype(hidden.dtype())?;
         let store = (hidden * g)?.sum_all()?.backward()?;
         collect(&store, trainable, grads)?;
-        Ok((loss_sum, store.get(top).cloned()))
+        Ok((loss_sum, store.get(top).map(Tensor::detach)))
     }
 }
 
