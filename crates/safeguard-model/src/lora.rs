@@ -285,6 +285,22 @@ impl SimpleBackend for MergedLoraBackend {
     }
 }
 
+/// Where LoRA dropout masks come from (training only). The mask of a call must depend only
+/// on the layer and on the trainer's current (seed, step, micro-batch), never on how many
+/// times the layer ran: per-layer recomputation runs every layer twice and needs the same
+/// mask both times.
+pub trait DropoutMask: Send + Sync + std::fmt::Debug {
+    /// The multiplier (0 or `1 / (1 − p)` per element) for the LoRA input of layer `name`
+    /// (checkpoint weight name) of `shape`, or `None` when dropout is off right now.
+    fn mask(
+        &self,
+        name: &str,
+        shape: &Shape,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Option<Tensor>>;
+}
+
 /// A linear layer with an optional unmerged LoRA pair: `x·Wᵀ (+ b) + scale·(x·Aᵀ)·Bᵀ`.
 ///
 /// It remembers the checkpoint name of its weight so that [`LoraLinear::attach`] can find its
@@ -294,6 +310,7 @@ pub struct LoraLinear {
     base: Linear,
     name: String,
     lora: Option<(Tensor, Tensor, f64)>,
+    dropout: Option<std::sync::Arc<dyn DropoutMask>>,
 }
 
 impl LoraLinear {
@@ -314,6 +331,7 @@ impl LoraLinear {
             base,
             name,
             lora: None,
+            dropout: None,
         })
     }
 
@@ -345,6 +363,12 @@ impl LoraLinear {
     /// Removes the pair (back to the plain base layer).
     pub fn detach(&mut self) {
         self.lora = None;
+    }
+
+    /// Sets (or with `None` removes) the source of dropout masks for the LoRA branch's input,
+    /// as PEFT's `lora_dropout`: `scale·B·A·dropout(x)`.
+    pub fn set_dropout(&mut self, source: Option<std::sync::Arc<dyn DropoutMask>>) {
+        self.dropout = source;
     }
 }
 
@@ -380,7 +404,18 @@ impl LoraLinear {
                 b.detach().to_dtype(xs.dtype())?,
             )
         };
-        let low = crate::layers::linear(xs, &a)?;
+        let dropped;
+        let input = match &self.dropout {
+            None => xs,
+            Some(source) => match source.mask(&self.name, xs.shape(), xs.dtype(), xs.device())? {
+                None => xs,
+                Some(mask) => {
+                    dropped = (xs * mask)?;
+                    &dropped
+                }
+            },
+        };
+        let low = crate::layers::linear(input, &a)?;
         out + (crate::layers::linear(&low, &b)? * *scale)?
     }
 }
@@ -427,6 +462,7 @@ mod tests {
             base: Linear::new(w.clone(), None),
             name: "w".into(),
             lora: Some((a.clone(), b.clone(), 2.0)),
+            dropout: None,
         };
         let merged = Linear::new((w + (b.matmul(&a).unwrap() * 2.0).unwrap()).unwrap(), None);
         let diff = (sep.forward(&x).unwrap() - merged.forward(&x).unwrap())
@@ -438,6 +474,7 @@ mod tests {
             base: Linear::new(Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), None),
             name: "w".into(),
             lora: None,
+            dropout: None,
         };
         assert_eq!(
             plain

@@ -452,3 +452,55 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
     })?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
+
+/// PEFT-style LoRA dropout with masks derived from `(seed, step, micro-batch, layer)`: the
+/// same call gives the same mask however often it runs (per-layer recomputation) and a resumed
+/// run draws the masks a straight run draws. Off until [`SeededDropout::set`] is called.
+#[derive(Debug)]
+pub struct SeededDropout {
+    p: f64,
+    at: std::sync::Mutex<Option<(u64, u64, u64)>>,
+}
+
+impl SeededDropout {
+    /// Dropout with probability `p` (in `[0, 1)`).
+    pub fn new(p: f64) -> Self {
+        Self {
+            p,
+            at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Masks for micro-batch `micro` of step `step` under `seed` from now on; `None` turns
+    /// dropout off (evaluation).
+    pub fn set(&self, at: Option<(u64, u64, u64)>) {
+        *self.at.lock().expect("not poisoned") = at;
+    }
+}
+
+impl safeguard_model::lora::DropoutMask for SeededDropout {
+    fn mask(
+        &self,
+        name: &str,
+        shape: &candle_core::Shape,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some((seed, step, micro)) = *self.at.lock().expect("not poisoned") else {
+            return Ok(None);
+        };
+        if self.p == 0.0 {
+            return Ok(None);
+        }
+        let tag = format!("dropout:{name}:{step}:{micro}");
+        let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, &tag, 0));
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        let p = self.p as f32;
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        Tensor::from_vec(values, shape.clone(), device)?
+            .to_dtype(dtype)
+            .map(Some)
+    }
+}

@@ -43,7 +43,7 @@ use crate::config::{differences, Mode, PeftLayout, SftConfig};
 use crate::data::{read_jsonl, tokenize, Tokenized};
 use crate::error::{io, Result, TrainError};
 use crate::full::{FullParams, TrainableBackend};
-use crate::lora::{stream_seed, TrainableLora};
+use crate::lora::{stream_seed, SeededDropout, TrainableLora};
 use crate::optim::{clip_grad_norm, AdamW};
 
 /// Options of one invocation (not part of the run's identity).
@@ -518,16 +518,6 @@ pub fn run_sft(
     opts: &RunOptions,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Summary> {
-    if let Some(spec) = &cfg.lora {
-        if spec.dropout > 0.0 {
-            return Err(TrainError::Config {
-                reason: format!(
-                    "lora.dropout = {} is not implemented in training yet: set 0.0",
-                    spec.dropout
-                ),
-            });
-        }
-    }
     let out_dir = &cfg.train.output_dir;
     let identity = cfg.identity();
     let config_hash = sha256_hex(
@@ -631,6 +621,14 @@ pub fn run_sft(
             Params::Lora(lora)
         }
     };
+    let dropout = match &cfg.lora {
+        Some(spec) if spec.dropout > 0.0 && matches!(params, Params::Lora(_)) => {
+            let d = Arc::new(SeededDropout::new(spec.dropout));
+            setup.model.set_lora_dropout(Some(d.clone()));
+            Some(d)
+        }
+        _ => None,
+    };
     let vars = params.vars();
     let names = params.names();
     let mut opt = AdamW::new(cfg.optim, &vars, names.clone())?;
@@ -722,7 +720,10 @@ pub fn run_sft(
         };
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut loss_sum = 0f64;
-        for micro in rows.chunks(cfg.train.batch_size) {
+        for (k, micro) in rows.chunks(cfg.train.batch_size).enumerate() {
+            if let Some(d) = &dropout {
+                d.set(Some((cfg.train.seed, step, k as u64)));
+            }
             let out = micro_batch(&setup, micro, &vars, &opts_step)?;
             loss_sum += out.loss_sum;
             for (acc, g) in grads.iter_mut().zip(out.grads) {
@@ -792,6 +793,9 @@ pub fn run_sft(
         }
         on_event(&Event::Step(m));
         let eval_due = cfg.train.eval_steps.is_some_and(|e| done % e == 0) || done == total;
+        if let Some(d) = &dropout {
+            d.set(None);
+        }
         if eval_due {
             if let Some(l) = eval_loss(&setup, cfg)? {
                 last_eval = Some(l);

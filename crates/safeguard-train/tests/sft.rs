@@ -117,6 +117,39 @@ fn sft_lowers_the_training_and_held_out_loss() {
     assert!(metrics.contains("eval_loss"));
 }
 
+#[test]
+fn a_resumed_run_with_lora_dropout_equals_a_straight_one() {
+    let make = |dir: &Path| {
+        let mut cfg = config(dir, "max_steps = 4");
+        cfg.lora.as_mut().unwrap().dropout = 0.1;
+        cfg
+    };
+    let straight = tempfile::tempdir().unwrap();
+    run_sft(&make(straight.path()), &RunOptions::default(), &mut |_| {}).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let cfg = make(split.path());
+    let stop = RunOptions {
+        resume: false,
+        stop_at: Some(2),
+    };
+    run_sft(&cfg, &stop, &mut |_| {}).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        stop_at: None,
+    };
+    run_sft(&cfg, &resume, &mut |_| {}).unwrap();
+    let file = "adapter/adapter_model.safetensors";
+    assert!(
+        bytes(&straight.path().join("run").join(file))
+            == bytes(&split.path().join("run").join(file))
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.path().join("run/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["lora_dropout"], 0.1);
+}
+
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }

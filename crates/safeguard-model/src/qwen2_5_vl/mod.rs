@@ -193,6 +193,16 @@ impl Qwen2_5VlModel {
         self.text.set_attention_mode(mode);
     }
 
+    /// Gives every projection `source` as its LoRA dropout (`None`: no dropout).
+    pub fn set_lora_dropout(
+        &mut self,
+        source: Option<std::sync::Arc<dyn crate::lora::DropoutMask>>,
+    ) {
+        for linear in self.visual.linears_mut().chain(self.text.linears_mut()) {
+            linear.set_dropout(source.clone());
+        }
+    }
+
     /// Removes any attached LoRA pairs.
     pub fn detach_lora(&mut self) {
         self.visual
