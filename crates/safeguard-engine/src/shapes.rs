@@ -195,6 +195,17 @@ pub fn random_model(
 ) -> Result<LoadedModel, EngineError> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    Qwen2_5VlModel::new(cfg, WeightLayout::Legacy, vb)?;
+    // Rebuild from the same storage as plain tensors: `Var` weights would make every op
+    // record a graph and the layers take their (slower) differentiable paths.
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = varmap
+        .data()
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let model = Qwen2_5VlModel::new(cfg, WeightLayout::Legacy, vb)?;
     Ok(LoadedModel {
         model,
@@ -202,4 +213,18 @@ pub fn random_model(
         layout: WeightLayout::Legacy,
         dir: PathBuf::from(format!("<random {name}>")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_models_hold_plain_tensors_not_vars() {
+        let cfg = named_shape("tiny").unwrap();
+        let loaded = random_model(&cfg, "tiny", DType::F32, &Device::Cpu).unwrap();
+        // A Var weight would send inference through the differentiable layer paths.
+        assert!(!loaded.model.lm_head_weight().track_op());
+        assert!(!loaded.model.lm_head_weight().is_variable());
+    }
 }

@@ -18,6 +18,8 @@
 //! Compute dtype: f16/bf16 are upcast to f32 for norms, softmax and RoPE (as transformers);
 //! f32 and f64 are kept, so the whole model runs in f64 for finite-difference checks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
@@ -93,7 +95,7 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// only `x`'s gradient; otherwise it is candle's broadcast matmul (inference, or a trainable
 /// `W`, whose gradient is then wanted).
 pub fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if xs.track_op() && !weight.track_op() {
+    if xs.track_op() && !weight.track_op() && FROZEN_MATMUL.load(Ordering::Relaxed) {
         return xs.contiguous()?.apply_op2(weight, FrozenMatmul);
     }
     // As candle_nn::Linear (bit-identical inference).
@@ -103,6 +105,16 @@ pub fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
         _ => weight.t()?,
     };
     xs.matmul(&w)
+}
+
+static FROZEN_MATMUL: AtomicBool = AtomicBool::new(true);
+
+/// Turns [`FrozenMatmul`] off (or back on) process-wide, so that frozen weights go through
+/// candle's plain matmul and get their dead weight-sized gradients: only for measuring what
+/// the custom op saves (`safeguard train bench --plain-matmul`). Gradients are the same
+/// either way.
+pub fn set_frozen_matmul(enabled: bool) {
+    FROZEN_MATMUL.store(enabled, Ordering::Relaxed);
 }
 
 /// `x·Wᵀ` with the backward pass of `x` only (see [`linear`]): `x` contiguous `[…, in]`, `W`

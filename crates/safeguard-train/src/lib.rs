@@ -6,6 +6,7 @@
 //! to differentiable composites when their input carries a graph, frozen weights keep no
 //! gradient, and [`safeguard_model::qwen2_5_vl::train`] runs the per-layer recomputed pass.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

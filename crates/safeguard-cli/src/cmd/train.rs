@@ -20,6 +20,10 @@ pub enum TrainCommand {
     Sft(SftArgs),
     /// Add a LoRA adapter into its base model and write the merged checkpoint.
     Merge(MergeArgs),
+    /// Speed and peak memory of LoRA SFT steps on a named shape with random weights (the Rust
+    /// half of scripts/bench/train_bench.sh); prints one JSON line and writes the shape's
+    /// config.json for the PyTorch half.
+    Bench(BenchArgs),
     /// List the built-in presets, or print one (a starting point for --config).
     Preset {
         /// A preset to print as TOML.
@@ -44,6 +48,47 @@ pub struct SftArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A named shape with random weights: tiny, small or 7b.
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "7b"])]
+    shape: String,
+    /// Tokens per sequence (image included).
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Image grid height and width in patches (h·w/4 image tokens).
+    #[arg(long, default_value_t = 16)]
+    grid: usize,
+    /// Target tokens at the end of each sequence.
+    #[arg(long, default_value_t = 256)]
+    target_tokens: usize,
+    /// LoRA rank (alpha = 2·rank) on all seven projections.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Measured steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Keep the whole graph instead of recomputing each layer.
+    #[arg(long)]
+    no_recompute: bool,
+    /// Weight dtype (f32 on CPU).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Frozen weights through candle's plain matmul (with their dead weight-sized gradients)
+    /// instead of the frozen-weight op: measures what that op saves.
+    #[arg(long)]
+    plain_matmul: bool,
+    /// Where to write the shape's config.json (for the PyTorch side).
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The base checkpoint directory or Hugging Face id.
     #[arg(long, env = "SAFEGUARD_MODEL")]
@@ -63,6 +108,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TrainCommand::Sft(args) => sft(args),
         TrainCommand::Merge(args) => merge(args),
+        TrainCommand::Bench(args) => bench(args),
         TrainCommand::Preset { name: None } => {
             for (name, text) in PRESETS {
                 let about = text.lines().next().unwrap_or("").trim_start_matches("# ");
@@ -180,5 +226,41 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         s.weights.display(),
         s.copied.join(", ")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use safeguard_engine::shapes::{named_shape, named_shape_json, random_model};
+    if let Some(path) = &args.write_config {
+        let value = named_shape_json(&args.shape)?;
+        std::fs::write(path, format!("{value:#}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut cfg = named_shape(&args.shape)?;
+    // The tiny shape's vocabulary is smaller than Qwen's special ids: move them inside it.
+    let vocab = cfg.text_config.vocab_size as u32;
+    if cfg.image_token_id >= vocab {
+        cfg.vision_start_token_id = vocab - 4;
+        cfg.image_token_id = vocab - 3;
+        cfg.vision_end_token_id = vocab - 2;
+        cfg.video_token_id = vocab - 1;
+    }
+    let dtype = parse_dtype(&args.dtype).context("--dtype")?;
+    let device = safeguard_engine::parse_device(&args.device).context("--device")?;
+    let mut loaded = random_model(&cfg, &args.shape, dtype, &device)?;
+    safeguard_model::layers::set_frozen_matmul(!args.plain_matmul);
+    let result = safeguard_train::bench::bench_lora_steps(
+        &mut loaded.model,
+        &safeguard_train::bench::BenchOptions {
+            seq_len: args.seq_len,
+            grid: [1, args.grid, args.grid],
+            target_tokens: args.target_tokens,
+            rank: args.rank,
+            batch: args.batch,
+            steps: args.steps.max(1),
+            recompute: !args.no_recompute,
+        },
+    )?;
+    println!("{}", serde_json::to_string(&result)?);
     Ok(ExitCode::SUCCESS)
 }
