@@ -120,6 +120,9 @@ pub struct SpecialTokens {
     pub image_pad: u32,
 }
 
+/// `[start, end)` byte offsets of a token in the encoded text.
+pub type ByteSpan = (usize, usize);
+
 /// A loaded `tokenizer.json` plus its special token ids.
 #[derive(Debug, Clone)]
 pub struct QwenTokenizer {
@@ -197,7 +200,7 @@ impl QwenTokenizer {
     pub fn encode_with_offsets(
         &self,
         text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), EngineError> {
+    ) -> Result<(Vec<u32>, Vec<ByteSpan>), EngineError> {
         let encoding = self
             .inner
             .encode(text, false)

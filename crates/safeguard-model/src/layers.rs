@@ -96,7 +96,9 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// `W`, whose gradient is then wanted).
 pub fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if xs.track_op() && !weight.track_op() && FROZEN_MATMUL.load(Ordering::Relaxed) {
-        return xs.contiguous()?.apply_op2(weight, FrozenMatmul);
+        return xs
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, FrozenMatmul);
     }
     // As candle_nn::Linear (bit-identical inference).
     let w = match *xs.dims() {
@@ -140,6 +142,9 @@ impl FrozenMatmul {
         let Some((start, _)) = x_layout.contiguous_offsets() else {
             candle_core::bail!("frozen linear: the input must be contiguous");
         };
+        if !w_layout.is_contiguous() {
+            candle_core::bail!("frozen linear: the weight must be contiguous");
+        }
         let m: usize = batch.iter().product();
         let lhs = Layout::contiguous_with_offset((m, k), start);
         let rhs = w_layout.transpose(0, 1)?;

@@ -342,7 +342,8 @@ impl SftConfig {
             ));
         }
         let o = &self.optim;
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || !(o.eps > 0.0) {
+        let eps_ok = o.eps.is_finite() && o.eps > 0.0;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || !eps_ok {
             return bad("optim: beta1 and beta2 must be in [0, 1) and eps > 0".into());
         }
         if self.data.max_length < 2 {

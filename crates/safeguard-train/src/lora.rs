@@ -280,15 +280,12 @@ impl TrainableLora {
             });
         }
         let mut extra = raw;
-        for k in [
-            "r",
-            "lora_alpha",
-            "lora_dropout",
-            "use_rslora",
-            "target_modules",
-            "peft_type",
-        ] {
+        for k in ["r", "lora_alpha", "lora_dropout", "use_rslora", "peft_type"] {
             extra.remove(k);
+        }
+        // A list is rewritten from the spec; a regex string is kept as PEFT wrote it.
+        if matches!(cfg.target_modules, TargetModules::List(_)) {
+            extra.remove("target_modules");
         }
         Ok(Self {
             spec: LoraSpec {
@@ -429,7 +426,9 @@ impl TrainableLora {
         cfg.insert("lora_alpha".into(), alpha);
         cfg.insert("lora_dropout".into(), s.dropout.into());
         cfg.insert("use_rslora".into(), s.use_rslora.into());
-        cfg.insert("target_modules".into(), targets.into());
+        if !self.extra.contains_key("target_modules") {
+            cfg.insert("target_modules".into(), targets.into());
+        }
         serde_json::Value::Object(
             cfg.into_iter()
                 .collect::<BTreeMap<_, _>>()

@@ -111,10 +111,11 @@ impl safetensors::View for Lazy<'_> {
     }
 }
 
+/// A checkpoint tensor's name, shape and dtype.
+type TensorInfo = (String, Vec<usize>, DType);
+
 /// The checkpoint's tensors (sorted by name) and its memory-mapped files.
-fn open_checkpoint(
-    model_dir: &Path,
-) -> Result<(MmapedSafetensors, Vec<(String, Vec<usize>, DType)>)> {
+fn open_checkpoint(model_dir: &Path) -> Result<(MmapedSafetensors, Vec<TensorInfo>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
         .map_err(io(model_dir))?
         .flatten()
@@ -130,19 +131,24 @@ fn open_checkpoint(
     }
     // SAFETY: read-only maps of files nobody writes while we read them.
     let source = unsafe { MmapedSafetensors::multi(&files)? };
-    let mut names: Vec<_> = source
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let dt = match view.dtype() {
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
-                safetensors::Dtype::F64 => DType::F64,
-                _ => DType::F32,
-            };
-            (name, view.shape().to_vec(), dt)
-        })
-        .collect();
+    let mut names = Vec::new();
+    for (name, view) in source.tensors() {
+        let dt = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            other => {
+                return Err(TrainError::File {
+                    path: model_dir.to_path_buf(),
+                    reason: format!(
+                        "tensor `{name}` is {other:?}: only float checkpoints are handled"
+                    ),
+                })
+            }
+        };
+        names.push((name, view.shape().to_vec(), dt));
+    }
     names.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((source, names))
 }

@@ -277,8 +277,8 @@ fn load_setup(cfg: &SftConfig, weights_from: Option<&Path>) -> Result<(Setup, Op
     eval.retain(|r| r.tok.input_ids.len() <= max);
     let skipped = before - train.len() - eval.len();
     if cfg.data.eval.is_none() && cfg.data.eval_fraction > 0.0 {
-        let k =
-            ((train.len() as f64 * cfg.data.eval_fraction).ceil() as usize).min(train.len() - 1);
+        let k = ((train.len() as f64 * cfg.data.eval_fraction).ceil() as usize)
+            .min(train.len().saturating_sub(1));
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream_seed(
             cfg.train.seed,
@@ -606,6 +606,13 @@ pub fn run_sft(
     };
     let (per_epoch, total) = step_counts(cfg, setup.train.len());
     let start = state.as_ref().map_or(0, |s| s.global_step);
+    if let Some(stop) = opts.stop_at {
+        if stop <= start {
+            return Err(TrainError::Config {
+                reason: format!("--stop-at {stop}: the run is already at step {start}"),
+            });
+        }
+    }
     let params = match (full, &resume_from) {
         (Some(full), _) => Params::Full(full),
         (None, None) => {

@@ -5,4 +5,5 @@ mod merge;
 mod model_grad;
 mod optim;
 mod parity;
+mod peft_io;
 mod sft;
