@@ -388,20 +388,17 @@ fn embed(setup: &Setup, row: &Row) -> Result<(Vec<[usize; 3]>, Option<Tensor>)> 
     Ok((grids, Some(embeds.detach())))
 }
 
-/// Runs `rows` (one micro-batch) through the training pass.
-fn micro_batch(
-    setup: &Setup,
-    rows: &[&Row],
-    vars: &[candle_core::Var],
-    opts: &TrainOptions,
-) -> Result<safeguard_model::qwen2_5_vl::train::TrainOutput> {
-    let embedded: Vec<(Vec<[usize; 3]>, Option<Tensor>)> = rows
-        .iter()
-        .map(|r| embed(setup, r))
-        .collect::<Result<_>>()?;
-    let train_rows: Vec<TrainRow<'_>> = rows
-        .iter()
-        .zip(&embedded)
+/// Images of `rows` embedded (one entry per row: grids and embeddings).
+type Embedded = Vec<(Vec<[usize; 3]>, Option<Tensor>)>;
+
+fn embed_rows(setup: &Setup, rows: &[&Row]) -> Result<Embedded> {
+    rows.iter().map(|r| embed(setup, r)).collect()
+}
+
+/// The model's view of `rows` with their embedded images.
+fn train_rows<'a>(rows: &[&'a Row], embedded: &'a Embedded) -> Vec<TrainRow<'a>> {
+    rows.iter()
+        .zip(embedded)
         .map(|(r, (grids, embeds))| TrainRow {
             prompt: Prompt {
                 input_ids: &r.tok.input_ids,
@@ -410,8 +407,20 @@ fn micro_batch(
             },
             targets: &r.tok.targets,
         })
-        .collect();
-    Ok(setup.model.train_step(&train_rows, vars, opts)?)
+        .collect()
+}
+
+/// Runs `rows` (one micro-batch) through the training pass.
+fn micro_batch(
+    setup: &Setup,
+    rows: &[&Row],
+    vars: &[candle_core::Var],
+    opts: &TrainOptions,
+) -> Result<safeguard_model::qwen2_5_vl::train::TrainOutput> {
+    let embedded = embed_rows(setup, rows)?;
+    Ok(setup
+        .model
+        .train_step(&train_rows(rows, &embedded), vars, opts)?)
 }
 
 /// Mean held-out cross-entropy.
@@ -420,24 +429,12 @@ fn eval_loss(setup: &Setup, cfg: &SftConfig) -> Result<Option<f64>> {
         return Ok(None);
     }
     let (mut sum, mut n) = (0f64, 0usize);
-    for chunk in setup.eval.chunks(cfg.train.batch_size) {
-        let embedded: Vec<_> = chunk
-            .iter()
-            .map(|r| embed(setup, r))
-            .collect::<Result<_>>()?;
-        let rows: Vec<TrainRow<'_>> = chunk
-            .iter()
-            .zip(&embedded)
-            .map(|(r, (grids, embeds))| TrainRow {
-                prompt: Prompt {
-                    input_ids: &r.tok.input_ids,
-                    grids,
-                    image_embeds: embeds.as_ref(),
-                },
-                targets: &r.tok.targets,
-            })
-            .collect();
-        let (s, k) = setup.model.eval_loss(&rows, cfg.train.head_chunk)?;
+    let all: Vec<&Row> = setup.eval.iter().collect();
+    for chunk in all.chunks(cfg.train.batch_size) {
+        let embedded = embed_rows(setup, chunk)?;
+        let (s, k) = setup
+            .model
+            .eval_loss(&train_rows(chunk, &embedded), cfg.train.head_chunk)?;
         sum += s;
         n += k;
     }

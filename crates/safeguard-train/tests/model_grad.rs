@@ -46,6 +46,60 @@ fn targets(len: usize, from: usize) -> Vec<bool> {
     (0..len).map(|i| i >= from).collect()
 }
 
+/// `⟨∇L, v⟩` from the training pass at the current values of `vars`, and the central
+/// difference `(L(θ + hv) − L(θ − hv)) / 2h`, for a deterministic direction `v` in [-1, 1)
+/// (an LCG, a stream per tensor and `seed`). The values are restored afterwards.
+fn directional(
+    model: &Qwen2_5VlModel,
+    rows: &[TrainRow<'_>],
+    vars: &[Var],
+    seed: u64,
+    h: f64,
+) -> (f64, f64) {
+    let opts = TrainOptions::default();
+    let out = model.train_step(rows, vars, &opts).unwrap();
+    let theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
+    let dirs: Vec<Tensor> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut x = seed * 1000 + i as u64 + 1;
+            let data: Vec<f64> = (0..v.elem_count())
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+                })
+                .collect();
+            Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let analytic: f64 = out
+        .grads
+        .iter()
+        .zip(&dirs)
+        .map(|(g, d)| {
+            (g.as_ref().expect("every tensor gets a gradient") * d)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        })
+        .sum();
+    let loss_at = |step: f64| {
+        for ((v, t0), d) in vars.iter().zip(&theta).zip(&dirs) {
+            v.set(&(t0 + (d * step).unwrap()).unwrap()).unwrap();
+        }
+        let none: [Var; 0] = [];
+        model.train_step(rows, &none, &opts).unwrap().loss_sum
+    };
+    let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+    loss_at(0.0);
+    (analytic, numeric)
+}
+
 #[test]
 fn directional_derivatives_match_central_differences_in_f64() {
     let (model, lora, embeds) = model(DType::F64);
@@ -59,51 +113,8 @@ fn directional_derivatives_match_central_differences_in_f64() {
         },
         targets: &t,
     }];
-    let opts = TrainOptions::default();
-    let out = model.train_step(&rows, &vars, &opts).unwrap();
-    let theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
     for seed in 0..3u64 {
-        // A random direction over every LoRA tensor.
-        let dirs: Vec<Tensor> = vars
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                // Deterministic values in [-1, 1) (an LCG), a stream per tensor and seed.
-                let mut x = seed * 1000 + i as u64 + 1;
-                let data: Vec<f64> = (0..v.elem_count())
-                    .map(|_| {
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-                    })
-                    .collect();
-                Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap()
-            })
-            .collect();
-        let analytic: f64 = out
-            .grads
-            .iter()
-            .zip(&dirs)
-            .map(|(g, d)| {
-                (g.as_ref().expect("every tensor gets a gradient") * d)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            })
-            .sum();
-        let h = 1e-5;
-        let loss_at = |step: f64| {
-            for ((v, t0), d) in vars.iter().zip(&theta).zip(&dirs) {
-                v.set(&(t0 + (d * step).unwrap()).unwrap()).unwrap();
-            }
-            let none: [Var; 0] = [];
-            model.train_step(&rows, &none, &opts).unwrap().loss_sum
-        };
-        let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
-        loss_at(0.0);
+        let (analytic, numeric) = directional(&model, &rows, &vars, seed, 1e-5);
         let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
         assert!(
             err < 1e-6,
@@ -199,60 +210,14 @@ fn full_fine_tuning_directional_derivatives_match_central_differences_in_f64() {
             },
             targets: &t,
         }];
-        let opts = TrainOptions::default();
-        let out = loaded.model.train_step(&rows, &vars, &opts).unwrap();
+        let out = loaded
+            .model
+            .train_step(&rows, &vars, &TrainOptions::default())
+            .unwrap();
         for (name, g) in names.iter().zip(&out.grads) {
             assert!(g.is_some(), "{variant}: no gradient for {name}");
         }
-        let theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
-        let dirs: Vec<Tensor> = vars
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let mut x = i as u64 + 7;
-                let data: Vec<f64> = (0..v.elem_count())
-                    .map(|_| {
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-                    })
-                    .collect();
-                let keep = std::env::var("DBG").map_or(true, |f| names[i].contains(&f));
-                let t = Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap();
-                if keep {
-                    t
-                } else {
-                    t.zeros_like().unwrap()
-                }
-            })
-            .collect();
-        let analytic: f64 = out
-            .grads
-            .iter()
-            .zip(&dirs)
-            .map(|(g, d)| {
-                (g.as_ref().unwrap() * d)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            })
-            .sum();
-        let h = 1e-6;
-        let loss_at = |step: f64| {
-            for ((v, t0), d) in vars.iter().zip(&theta).zip(&dirs) {
-                v.set(&(t0 + (d * step).unwrap()).unwrap()).unwrap();
-            }
-            let none: [Var; 0] = [];
-            loaded
-                .model
-                .train_step(&rows, &none, &opts)
-                .unwrap()
-                .loss_sum
-        };
-        let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+        let (analytic, numeric) = directional(&loaded.model, &rows, &vars, 6, 1e-6);
         let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
         assert!(
             err < 1e-6,

@@ -67,24 +67,11 @@ impl Qwen2_5VlModel {
                 axis.push(all[cached..].to_vec());
             }
         }
-        let lens: Vec<usize> = positions[0].iter().map(Vec::len).collect();
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        // Right-pad with copies of the last real token (see the module docs).
-        let padded = embeds
-            .iter()
-            .zip(&lens)
-            .map(|(e, &n)| pad_rows(e, n, longest))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in positions.iter_mut().flatten() {
-            let last = *row.last().expect("every tail has a token");
-            row.resize(longest, last);
-        }
+        let (batch, lens, longest) = pad_batch(&embeds, &mut positions)?;
         let device = self.lm_head.weight().device();
         let rope = MRope::new(&self.cfg.text_config, &positions, device)?;
         let mut cache = prefix.clone();
-        let hidden = self
-            .text
-            .forward(&Tensor::stack(&padded, 0)?, &rope, &mut cache)?;
+        let hidden = self.text.forward(&batch, &rope, &mut cache)?;
         // Row r's last real token sits at r·longest + len − 1 of the flattened batch.
         let last: Vec<u32> = lens
             .iter()
@@ -101,8 +88,29 @@ impl Qwen2_5VlModel {
     }
 }
 
+/// Right-pads rows of embeddings (`[n_i, hidden]`) and their position ids (`[3][rows][n_i]`)
+/// to the longest row with copies of each row's last token (see the module docs): the stacked
+/// `[rows, longest, hidden]`, each row's length, and the longest.
+pub(super) fn pad_batch(
+    embeds: &[Tensor],
+    positions: &mut [Vec<Vec<i64>>; 3],
+) -> candle_core::Result<(Tensor, Vec<usize>, usize)> {
+    let lens: Vec<usize> = positions[0].iter().map(Vec::len).collect();
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let padded = embeds
+        .iter()
+        .zip(&lens)
+        .map(|(e, &n)| pad_rows(e, n, longest))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for row in positions.iter_mut().flatten() {
+        let last = *row.last().expect("every row has a token");
+        row.resize(longest, last);
+    }
+    Ok((Tensor::stack(&padded, 0)?, lens, longest))
+}
+
 /// `embeds` (`[n, hidden]`) extended to `[len, hidden]` with copies of its last row.
-pub(super) fn pad_rows(embeds: &Tensor, n: usize, len: usize) -> candle_core::Result<Tensor> {
+fn pad_rows(embeds: &Tensor, n: usize, len: usize) -> candle_core::Result<Tensor> {
     if n == len {
         return Ok(embeds.clone());
     }

@@ -19,7 +19,7 @@
 
 use candle_core::{DType, Tensor, Var, D};
 
-use super::batch::pad_rows;
+use super::batch::pad_batch;
 use super::{MRope, Prompt, Qwen2_5VlModel};
 use crate::layers::{compute_dtype, linear};
 use crate::ModelError;
@@ -236,17 +236,7 @@ impl Qwen2_5VlModel {
                 axis.push(all);
             }
         }
-        let lens: Vec<usize> = positions[0].iter().map(Vec::len).collect();
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        let padded = embeds
-            .iter()
-            .zip(&lens)
-            .map(|(e, &n)| pad_rows(e, n, longest))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in positions.iter_mut().flatten() {
-            let last = *row.last().expect("every row has a token");
-            row.resize(longest, last);
-        }
+        let (x0, _, longest) = pad_batch(&embeds, &mut positions)?;
         let device = self.lm_head.weight().device().clone();
         let rope = MRope::new(&self.cfg.text_config, &positions, &device)?;
         // Flat index of each position that predicts a target, and the target ids.
@@ -266,7 +256,7 @@ impl Qwen2_5VlModel {
             });
         }
         Ok(Batch {
-            x0: Tensor::stack(&padded, 0)?,
+            x0,
             rope,
             select: Tensor::new(select.as_slice(), &device)?,
             labels: Tensor::new(labels.as_slice(), &device)?,
