@@ -14,8 +14,8 @@
 //!   [`crate::qwen2_5_vl::Qwen2_5VlModel::attach_lora`]): every projection of the vision blocks
 //!   and decoder layers keeps `W`, `A` and `B` apart and computes `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, which
 //!   is what training needs (`A`/`B` may be `Var`-backed tensors). The merger and `lm_head` are
-//!   plain layers: an adapter targeting them is rejected. Gradients do not flow through the fused
-//!   inference kernels yet (see [`crate::layers`]).
+//!   plain layers: an adapter targeting them is rejected. With `Var`-backed pairs the layers
+//!   take their differentiable paths (see [`crate::layers`]); `safeguard-train` trains them.
 //!
 //! DoRA, `lora_bias`, `fan_in_fan_out`, `rank_pattern`/`alpha_pattern` and `modules_to_save` are
 //! rejected with a clear error rather than silently ignored.
