@@ -201,3 +201,44 @@ fn merge_and_presets_from_the_command_line() {
     let dtype = cfg.get("dtype").or(cfg.get("torch_dtype")).unwrap();
     assert_eq!(dtype, "bfloat16", "config.json names the stored dtype");
 }
+
+#[test]
+fn debug_grad_reaches_vision_tower_pairs() {
+    // tiny-a/lora was saved by PEFT without exclude_modules: it adapts the vision MLPs too.
+    let model = root().join("safeguard-model/tests/fixtures/qwen25vl/tiny-a");
+    let image = root().join("safeguard-engine/tests/fixtures/tiny-guard/image-a.png");
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&[
+        "debug",
+        "grad",
+        "--model",
+        model.to_str().unwrap(),
+        "--lora",
+        model.join("lora").to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--input-ids",
+        "5,17,<image>,33,250,7,99,12",
+        "--target-from",
+        "8",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(tmp.path().join("grads.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let vision: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("visual") && n.contains("lora_B"))
+        .map(str::to_string)
+        .collect();
+    assert!(!vision.is_empty());
+    for name in vision {
+        let data = st.tensor(&name).unwrap();
+        let nonzero = data
+            .data()
+            .chunks_exact(4)
+            .any(|c| f32::from_le_bytes(c.try_into().unwrap()) != 0.0);
+        assert!(nonzero, "{name} got a zero gradient");
+    }
+}

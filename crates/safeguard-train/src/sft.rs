@@ -360,7 +360,7 @@ fn batch_of(cfg: &SftConfig, rows: &[Row], per_epoch: u64, step: u64) -> Vec<usi
         .collect()
 }
 
-/// Image embeddings of one example (no graph: the vision tower is frozen).
+/// Image embeddings of one example (a graph only through trained vision-tower LoRA pairs).
 fn embed(setup: &Setup, row: &Row) -> Result<(Vec<[usize; 3]>, Option<Tensor>)> {
     if row.tok.images.is_empty() {
         return Ok((Vec::new(), None));
@@ -385,7 +385,9 @@ fn embed(setup: &Setup, row: &Row) -> Result<(Vec<[usize; 3]>, Option<Tensor>)> 
         pixel_values,
         grid_thw: grids.clone(),
     })?;
-    Ok((grids, Some(embeds.detach())))
+    // No detach: with vision-tower LoRA pairs the embeddings carry their graph (and
+    // without any, there is none to keep).
+    Ok((grids, Some(embeds)))
 }
 
 /// Images of `rows` embedded (one entry per row: grids and embeddings).

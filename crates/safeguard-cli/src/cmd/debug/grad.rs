@@ -69,6 +69,8 @@ pub fn run(args: GradArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = load_model(&model_dir, &load)?;
     let lora = TrainableLora::load(&args.lora, loaded.layout, &load.device)
         .with_context(|| format!("loading the adapter {}", args.lora.display()))?;
+    // Attached before the images are embedded: vision-tower pairs need the embeddings' graph.
+    lora.attach(&mut loaded.model)?;
     let (ids, grids, embeds, _) =
         super::prepare_input(&loaded, &args.image, &preprocess, &args.input_ids)?;
     let prompt = Prompt {
