@@ -113,3 +113,45 @@ fn lora_gradients_equal_peft_with_the_whole_graph_and_small_head_chunks() {
     check("adapter", "one_image", opts);
     check("adapter-rslora", "text", opts);
 }
+
+#[test]
+fn bf16_base_weights_with_f32_adapters_stay_close_to_peft() {
+    // Half-precision base, f32 LoRA pairs cast inside the graph, f32 gradients.
+    let base = fixtures().join("peft-grad");
+    let dir = base.join("cases/adapter/text");
+    let c: Case =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let want: LossRef =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("loss.json")).unwrap()).unwrap();
+    let want_grads: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
+    let opts = LoadOptions {
+        dtype: candle_core::DType::BF16,
+        ..LoadOptions::default()
+    };
+    let mut loaded = load_model(&model_fixtures().join("tiny-a"), &opts).unwrap();
+    let lora = TrainableLora::load(&base.join("adapter"), loaded.layout, &Device::Cpu).unwrap();
+    let prompt = Prompt {
+        input_ids: &c.input_ids,
+        grids: &[],
+        image_embeds: None,
+    };
+    let report = sft_gradients(
+        &mut loaded.model,
+        &lora,
+        &prompt,
+        c.target_from,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        (report.loss - want.loss).abs() < 0.05 * want.loss,
+        "{}",
+        report.loss
+    );
+    for (name, g) in &report.grads {
+        assert_eq!(g.dtype(), candle_core::DType::F32, "{name}");
+        let err = rel_err(g, &want_grads[name]);
+        assert!(err < 0.1, "{name}: bf16 relative error {err}");
+    }
+}

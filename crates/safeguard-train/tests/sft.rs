@@ -360,3 +360,42 @@ fn full_fine_tuning_trains_every_language_model_weight_and_resumes_exactly() {
         );
     }
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), "max_steps = 8");
+    // Updates this large overflow the adapter within a few steps.
+    cfg.train.learning_rate = 1e30;
+    cfg.train.max_grad_norm = 0.0;
+    cfg.train.warmup_steps = Some(0);
+    cfg.train.save_steps = 1;
+    let err = run_sft(&cfg, &RunOptions::default(), &mut |_| {}).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("non-finite"), "{text}");
+    let run = tmp.path().join("run");
+    assert!(
+        !run.join("adapter").exists(),
+        "no final adapter from a failed run"
+    );
+    // The checkpoints written before the failure are complete and finite.
+    let last = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("checkpoint-")?.parse::<u64>().ok()
+        })
+        .max()
+        .expect("a checkpoint before the failure");
+    let adapter = run.join(format!(
+        "checkpoint-{last}/adapter/adapter_model.safetensors"
+    ));
+    let tensors = candle_core::safetensors::load(adapter, &candle_core::Device::Cpu).unwrap();
+    for (name, t) in tensors {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{name} holds a non-finite value"
+        );
+    }
+}
