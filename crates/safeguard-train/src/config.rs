@@ -177,6 +177,11 @@ pub struct TrainSection {
     /// Adapter key names: `nested` (transformers ≥ 4.52) or `legacy`.
     #[serde(default)]
     pub peft_layout: PeftLayout,
+    /// Start from this PEFT adapter directory (ours or PEFT's) instead of a fresh
+    /// initialisation; its r, alpha, rsLoRA and target modules must equal `[lora]`'s. Its key
+    /// names are kept.
+    #[serde(default)]
+    pub init_adapter: Option<PathBuf>,
 }
 
 fn one() -> u64 {
@@ -274,6 +279,9 @@ impl SftConfig {
             fix(p);
         }
         fix(&mut self.train.output_dir);
+        if let Some(p) = &mut self.train.init_adapter {
+            fix(p);
+        }
         // A model path that exists relative to the config is a directory; anything else may
         // be a hub id.
         let local = base.join(&self.model.path);
@@ -294,7 +302,11 @@ impl SftConfig {
                     "train.mode = \"full\" trains every weight: remove the [lora] section".into(),
                 )
             }
-            (Mode::Full, None) => {}
+            (Mode::Full, None) => {
+                if self.train.init_adapter.is_some() {
+                    return bad("train.init_adapter needs train.mode = \"lora\"".into());
+                }
+            }
         }
         if !(t.learning_rate.is_finite() && t.learning_rate >= 0.0) {
             return bad(format!(

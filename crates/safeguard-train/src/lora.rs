@@ -312,6 +312,45 @@ impl TrainableLora {
         Ok(out)
     }
 
+    /// Checks that this adapter has `spec`'s shape (r, alpha, rsLoRA, target modules) and takes
+    /// its dropout; fails naming the first key that differs.
+    pub fn conform_to(&mut self, spec: &LoraSpec) -> Result<()> {
+        let mine = &self.spec;
+        let mut a = mine.target_modules.clone();
+        let mut b = spec.target_modules.clone();
+        a.sort();
+        b.sort();
+        let differs = if mine.r != spec.r {
+            Some(format!(
+                "lora.r: {} in the adapter, {} in the config",
+                mine.r, spec.r
+            ))
+        } else if mine.alpha != spec.alpha {
+            Some(format!(
+                "lora.alpha: {} in the adapter, {} in the config",
+                mine.alpha, spec.alpha
+            ))
+        } else if mine.use_rslora != spec.use_rslora {
+            Some(format!(
+                "lora.use_rslora: {} in the adapter, {} in the config",
+                mine.use_rslora, spec.use_rslora
+            ))
+        } else if a != b {
+            Some(format!(
+                "lora.target_modules: {a:?} in the adapter, {b:?} in the config"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = differs {
+            return Err(TrainError::Config {
+                reason: format!("train.init_adapter does not match [lora]: {reason}"),
+            });
+        }
+        self.spec.dropout = spec.dropout;
+        Ok(())
+    }
+
     /// The hyper-parameters.
     pub fn spec(&self) -> &LoraSpec {
         &self.spec

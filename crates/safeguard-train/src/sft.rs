@@ -616,8 +616,20 @@ pub fn run_sft(
         (Some(full), _) => Params::Full(full),
         (None, None) => {
             let spec = cfg.lora.as_ref().expect("validated: lora mode has a spec");
-            let lora =
-                TrainableLora::init(&mut setup.model, spec, keys, cfg.train.seed, &setup.device)?;
+            let lora = match &cfg.train.init_adapter {
+                None => TrainableLora::init(
+                    &mut setup.model,
+                    spec,
+                    keys,
+                    cfg.train.seed,
+                    &setup.device,
+                )?,
+                Some(dir) => {
+                    let mut lora = TrainableLora::load(dir, setup.layout, &setup.device)?;
+                    lora.conform_to(spec)?;
+                    lora
+                }
+            };
             lora.attach(&mut setup.model)?;
             Params::Lora(lora)
         }

@@ -399,3 +399,41 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         );
     }
 }
+
+#[test]
+fn training_continues_from_an_existing_adapter() {
+    let first = tempfile::tempdir().unwrap();
+    let cfg = config(first.path(), "max_steps = 8");
+    let mut first_losses = Vec::new();
+    let done = run_sft(&cfg, &RunOptions::default(), &mut |e| {
+        if let Event::Step(m) = e {
+            first_losses.push(m.loss);
+        }
+    })
+    .unwrap();
+    // A second run starts from the first run's adapter: where the first one ended, not where
+    // a fresh adapter starts.
+    let second = tempfile::tempdir().unwrap();
+    let mut cfg2 = config(second.path(), "max_steps = 2");
+    cfg2.train.init_adapter = Some(done.output.clone());
+    let mut second_losses = Vec::new();
+    run_sft(&cfg2, &RunOptions::default(), &mut |e| {
+        if let Event::Step(m) = e {
+            second_losses.push(m.loss);
+        }
+    })
+    .unwrap();
+    assert!(
+        second_losses[0] < first_losses[0] - 1.0,
+        "{first_losses:?} then {second_losses:?}"
+    );
+    // An adapter of another shape is refused, naming the key.
+    let third = tempfile::tempdir().unwrap();
+    let mut cfg3 = config(third.path(), "max_steps = 1");
+    cfg3.train.init_adapter = Some(done.output);
+    cfg3.lora.as_mut().unwrap().r = 8;
+    let err = run_sft(&cfg3, &RunOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lora.r"), "{err}");
+}
