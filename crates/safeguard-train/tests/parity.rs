@@ -26,15 +26,21 @@ struct LossRef {
     tokens: usize,
 }
 
+/// A case's input, PyTorch's loss and PyTorch's gradients.
+fn read_case(dir: &std::path::Path) -> (Case, LossRef, HashMap<String, Tensor>) {
+    let json = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let grads = candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu);
+    (
+        serde_json::from_str(&json("case.json")).unwrap(),
+        serde_json::from_str(&json("loss.json")).unwrap(),
+        grads.unwrap(),
+    )
+}
+
 fn check(adapter: &str, case: &str, opts: TrainOptions) {
     let base = fixtures().join("peft-grad");
     let dir = base.join("cases").join(adapter).join(case);
-    let c: Case =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let want: LossRef =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("loss.json")).unwrap()).unwrap();
-    let want_grads: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
+    let (c, want, want_grads) = read_case(&dir);
 
     let mut loaded = load_model(&model_fixtures().join("tiny-a"), &LoadOptions::default()).unwrap();
     let lora = TrainableLora::load(&base.join(adapter), loaded.layout, &Device::Cpu).unwrap();
@@ -119,12 +125,7 @@ fn bf16_base_weights_with_f32_adapters_stay_close_to_peft() {
     // Half-precision base, f32 LoRA pairs cast inside the graph, f32 gradients.
     let base = fixtures().join("peft-grad");
     let dir = base.join("cases/adapter/text");
-    let c: Case =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let want: LossRef =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("loss.json")).unwrap()).unwrap();
-    let want_grads: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
+    let (c, want, want_grads) = read_case(&dir);
     let opts = LoadOptions {
         dtype: candle_core::DType::BF16,
         ..LoadOptions::default()
