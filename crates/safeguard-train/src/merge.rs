@@ -83,10 +83,7 @@ impl safetensors::View for Lazy<'_> {
             DType::F16 => safetensors::Dtype::F16,
             DType::BF16 => safetensors::Dtype::BF16,
             DType::F64 => safetensors::Dtype::F64,
-            DType::U8 => safetensors::Dtype::U8,
-            DType::U32 => safetensors::Dtype::U32,
-            DType::I64 => safetensors::Dtype::I64,
-            _ => safetensors::Dtype::F32,
+            other => unreachable!("open_checkpoint admits float tensors only, not {other:?}"),
         }
     }
 
@@ -181,18 +178,15 @@ fn write_checkpoint(
     let views: Vec<(String, Lazy<'_>)> = names
         .iter()
         .map(|(name, shape, dt)| {
-            let float = matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::F64);
+            // Every tensor is a float one (open_checkpoint); a replacement keeps its own
+            // dtype (trained f32 weights stay exact).
+            let own = replacements.get(name).map_or(*dt, Tensor::dtype);
             (
                 name.clone(),
                 Lazy {
                     name: name.clone(),
                     shape: shape.clone(),
-                    // A replacement keeps its own dtype (trained f32 weights stay exact).
-                    dtype: match (replacements.get(name), float) {
-                        (_, false) => *dt,
-                        (Some(t), true) => dtype.unwrap_or(t.dtype()),
-                        (None, true) => dtype.unwrap_or(*dt),
-                    },
+                    dtype: dtype.unwrap_or(own),
                     source: &source,
                     adapter,
                     replacement: replacements.get(name),

@@ -338,25 +338,27 @@ fn warmup(cfg: &SftConfig, total: u64) -> u64 {
         .unwrap_or_else(|| (cfg.train.warmup_ratio * total as f64).ceil() as u64)
 }
 
-/// Example indices of step `step`.
-fn batch_of(cfg: &SftConfig, rows: &[Row], per_epoch: u64, step: u64) -> Vec<usize> {
-    let epoch = step / per_epoch;
-    let batch = (step % per_epoch) as usize;
+/// The order of the examples in epoch `epoch`: longest first, or shuffled from
+/// `(seed, epoch)`.
+fn epoch_order(cfg: &SftConfig, rows: &[Row], epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     if cfg.data.sort_by_length {
         order.sort_by_key(|&i| std::cmp::Reverse(rows[i].tok.input_ids.len()));
     } else {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream_seed(
-            cfg.train.seed,
-            "epoch",
-            epoch,
-        )));
+        let seed = stream_seed(cfg.train.seed, "epoch", epoch);
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     }
+    order
+}
+
+/// Example indices of batch `batch` of an epoch in `order`.
+fn batch_of(cfg: &SftConfig, order: &[usize], batch: u64) -> Vec<usize> {
     let per_step = cfg.train.batch_size * cfg.train.grad_accum;
     order
-        .into_iter()
-        .skip(batch * per_step)
+        .iter()
+        .skip(batch as usize * per_step)
         .take(per_step)
+        .copied()
         .collect()
 }
 
@@ -725,9 +727,16 @@ pub fn run_sft(
         head_chunk: cfg.train.head_chunk,
         grad_scale: 1.0,
     };
+    // The current epoch's order, computed once per epoch.
+    let mut order: Option<(u64, Vec<usize>)> = None;
     for step in start..stop {
         let began = Instant::now();
-        let indices = batch_of(cfg, &setup.train, per_epoch, step);
+        let epoch = step / per_epoch;
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((epoch, epoch_order(cfg, &setup.train, epoch)));
+        }
+        let (_, epoch_rows) = order.as_ref().expect("set above");
+        let indices = batch_of(cfg, epoch_rows, step % per_epoch);
         let rows: Vec<&Row> = indices.iter().map(|&i| &setup.train[i]).collect();
         let targets: usize = rows.iter().map(|r| r.tok.target_count()).sum();
         let tokens: usize = rows.iter().map(|r| r.tok.input_ids.len()).sum();
