@@ -132,3 +132,62 @@ fn a_peft_adapter_keeps_its_names_and_regex_targets_when_saved_again() {
         cfg["base_model_name_or_path"]
     );
 }
+
+/// Conversations in our JSONL layout tokenise to the ids transformers' Qwen2.5-VL chat template
+/// gives (fixture from `scripts/fixtures/sft_chat_reference.py`, image = 4 pad tokens), and the
+/// targets are exactly the assistant contents with their `<|im_end|>`.
+#[test]
+fn conversations_tokenise_as_transformers_chat_template() {
+    use safeguard_engine::tokenizer::QwenTokenizer;
+    use safeguard_train::data::{read_jsonl, tokenize};
+
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        name: String,
+        messages_jsonl: serde_json::Value,
+        input_ids: Vec<u32>,
+    }
+    let text = std::fs::read_to_string(fixtures().join("sft-chat/reference.json")).unwrap();
+    let refs: Vec<Reference> = serde_json::from_str(&text).unwrap();
+    assert_eq!(refs.len(), 3);
+    let tokenizer =
+        QwenTokenizer::from_file(&crate::common::tiny_guard().join("tokenizer.json")).unwrap();
+    let im_end = tokenizer.special().im_end;
+    let tmp = tempfile::tempdir().unwrap();
+    for r in refs {
+        let path = tmp.path().join(format!("{}.jsonl", r.name));
+        std::fs::write(&path, r.messages_jsonl.to_string()).unwrap();
+        let examples = read_jsonl(&path, None).unwrap();
+        let counts = vec![4; examples[0].images.len()];
+        let tok = tokenize(&tokenizer, &examples[0], &counts).unwrap();
+        assert_eq!(tok.input_ids, r.input_ids, "{}", r.name);
+        // The targets decode to the assistant turns, each closed by <|im_end|>.
+        let assistant: Vec<String> = r.messages_jsonl["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect();
+        let mut spans = Vec::new();
+        let mut current = Vec::new();
+        for (id, t) in tok.input_ids.iter().zip(&tok.targets) {
+            if *t {
+                current.push(*id);
+                if *id == im_end {
+                    spans.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        assert!(
+            current.is_empty(),
+            "{}: a target run not closed by <|im_end|>",
+            r.name
+        );
+        let decoded: Vec<String> = spans
+            .iter()
+            .map(|s| tokenizer.decode(&s[..s.len() - 1], false).unwrap())
+            .collect();
+        assert_eq!(decoded, assistant, "{}", r.name);
+    }
+}
